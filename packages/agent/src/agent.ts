@@ -1,0 +1,118 @@
+/**
+ * The agent's composition root: hub session, reverse-stream routes, renewal,
+ * local admin API.
+ */
+import type { Server } from 'node:http';
+import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import { pipeline } from 'node:stream';
+import { AdminPaths, type AdminRoutes, type EndpointInfo, ErrorCodes, Paths, ZtmError, errorHttpStatus, startAdminServer } from '@ztm/proto';
+import type { AgentConfig } from './config/agent-config.js';
+import { type AgentIdentity, certificateTimes } from './identity/identity-store.js';
+import { CertificateRenewer } from './identity/renewal.js';
+import type { Logger } from './log.js';
+import { requestJson } from './session/h2-json.js';
+import { HubClient } from './session/hub-client.js';
+
+export interface AgentDeps {
+  identity: AgentIdentity;
+  logger: Logger;
+  /** Where renewed certificates are saved; none in library use. */
+  dataDir?: string;
+  adminSocket?: string;
+}
+
+export interface Agent {
+  readonly client: HubClient;
+  start(): Promise<void>;
+  /** Rejects when the hub refuses this agent for good (revoked, unknown). */
+  readonly done: Promise<void>;
+  status(): Record<string, unknown>;
+  endpoints(): Promise<EndpointInfo[]>;
+  close(): Promise<void>;
+}
+
+export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
+  const base = deps.logger.child({ endpoint: deps.identity.endpoint });
+  const log = base.child({ component: 'agent' });
+  const identity = config.hubs ? { ...deps.identity, hubs: [...config.hubs] } : deps.identity;
+  let admin: Server | undefined;
+  let resolveDone!: () => void;
+  let rejectDone!: (err: ZtmError) => void;
+  const done = new Promise<void>((res, rej) => {
+    resolveDone = res;
+    rejectDone = rej;
+  });
+  done.catch(() => {});
+
+  const client = new HubClient({
+    identity,
+    log: base.child({ component: 'session' }),
+    labels: config.labels,
+    keepaliveIntervalMs: config.keepaliveInterval,
+    keepaliveTimeoutMs: config.keepaliveTimeout,
+    reconnectBaseMs: config.reconnectBase,
+    reconnectMaxMs: config.reconnectMax,
+    onReverseStream,
+  });
+  const renewer = new CertificateRenewer(identity, client, deps.dataDir, base.child({ component: 'renewal' }));
+  client.on('fatal', (err) => rejectDone(err));
+
+  /** Streams the hub opens to us over the reverse session. */
+  function onReverseStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    const path = headers[':path'];
+    if (headers[':method'] === 'POST' && path === Paths.ping) {
+      stream.respond({ ':status': 200 });
+      pipeline(stream, stream, () => {});
+      return;
+    }
+    const e = new ZtmError(ErrorCodes.NOT_FOUND, `no route ${headers[':method']} ${path}`);
+    stream.respond({ ':status': errorHttpStatus[e.code], 'content-type': 'application/json' });
+    stream.end(JSON.stringify(e.toWire()));
+  }
+
+  function status(): Record<string, unknown> {
+    const cert = certificateTimes(renewer.identity.certPem);
+    return {
+      endpoint: identity.endpoint,
+      mesh: identity.mesh,
+      hubs: identity.hubs,
+      hub: client.snapshot(),
+      certificate: {
+        serial: cert.serial,
+        expires: new Date(cert.notAfter).toISOString(),
+        renewAt: new Date(CertificateRenewer.dueAt(renewer.identity.certPem)).toISOString(),
+      },
+      pid: process.pid,
+      uptimeSec: Math.round(process.uptime()),
+    };
+  }
+
+  async function endpoints(): Promise<EndpointInfo[]> {
+    const s = client.session;
+    if (!s || client.state !== 'online') throw new ZtmError(ErrorCodes.OFFLINE, `not connected to the hub (${client.snapshot().lastError ?? client.state})`);
+    return requestJson<EndpointInfo[]>(s, 'GET', Paths.endpoints);
+  }
+
+  const adminRoutes: AdminRoutes = {
+    [`GET ${AdminPaths.status}`]: () => status(),
+    [`GET ${AdminPaths.endpoints}`]: () => endpoints(),
+  };
+
+  return {
+    client,
+    done,
+    status,
+    endpoints,
+    async start() {
+      if (deps.adminSocket) admin = await startAdminServer(deps.adminSocket, adminRoutes, log);
+      client.start();
+      renewer.start();
+    },
+    async close() {
+      renewer.stop();
+      admin?.close();
+      await client.stop();
+      resolveDone();
+    },
+  };
+}

@@ -1,0 +1,26 @@
+/**
+ * The agent's configuration: one zod schema for type and validator, unknown
+ * keys rejected, every problem reported with its path, defaults here only.
+ */
+import { ConfigError, durationMs, hostPortSchema, loadConfig, logLevelSchema, parseConfig } from '@ztm/proto';
+import { z } from 'zod';
+
+export const AgentConfigSchema = z.strictObject({
+  logLevel: logLevelSchema.default('info'),
+  /** Hub addresses to use instead of the permit's. */
+  hubs: z.array(hostPortSchema).min(1).optional(),
+  labels: z.record(z.string().max(63), z.string().max(255)).default({}),
+  metrics: hostPortSchema.optional(),
+  keepaliveInterval: durationMs('5s'),
+  keepaliveTimeout: durationMs('15s'),
+  reconnectBase: durationMs('250ms'),
+  reconnectMax: durationMs('30s'),
+});
+
+export type AgentConfigInput = z.input<typeof AgentConfigSchema>;
+export type AgentConfig = Readonly<z.output<typeof AgentConfigSchema>>;
+export { ConfigError };
+
+export const parseAgentConfig = (raw: unknown): AgentConfig => parseConfig(AgentConfigSchema, raw);
+export const loadAgentConfig = (file: string | undefined, overrides: Record<string, unknown> = {}): AgentConfig =>
+  loadConfig(AgentConfigSchema, file, overrides);

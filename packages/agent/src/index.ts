@@ -1,0 +1,5 @@
+export { createAgent, type Agent, type AgentDeps } from './agent.js';
+export { parseAgentConfig, loadAgentConfig, ConfigError, type AgentConfig } from './config/agent-config.js';
+export { join, type JoinResult } from './identity/join.js';
+export { loadIdentity, agentPaths, type AgentIdentity } from './identity/identity-store.js';
+export { createLogger, silentLogger } from './log.js';

@@ -1,0 +1,371 @@
+/**
+ * The agent's session with the hub: dial out (TLS 1.3, ALPN h2, client
+ * certificate), open the control stream, say hello, keep it alive with PINGs,
+ * re-dial with full-jitter capped backoff when it drops. A refusal that a human
+ * must fix (revoked, unknown certificate) is not retried: `fatal` is emitted.
+ *
+ * The reverse session (ALPN ztm-rev/1, the agent is the HTTP/2 server on a TLS
+ * connection it dialed) is opened when the hub asks for it or the agent has
+ * something to serve.
+ */
+import { EventEmitter } from 'node:events';
+import * as http2 from 'node:http2';
+import type { TLSSocket } from 'node:tls';
+import {
+  ALPN_REVERSE,
+  ALPN_SESSION,
+  type ErrorCode,
+  ErrorCodes,
+  FrameDecoder,
+  HTTP2_SESSION_WINDOW_BYTES,
+  Headers,
+  HubMessage,
+  KEEPALIVE_INTERVAL_MS,
+  KEEPALIVE_TIMEOUT_MS,
+  PROTOCOL_VERSION,
+  Paths,
+  RECONNECT_BASE_MS,
+  RECONNECT_MAX_MS,
+  type Welcome,
+  ZtmError,
+  encodeFrame,
+  fromWire,
+  http2Settings,
+  isFatal,
+  parseMessage,
+  readJsonBody,
+  toZtmError,
+} from '@ztm/proto';
+import type { AgentIdentity } from '../identity/identity-store.js';
+import type { Logger } from '../log.js';
+import { dialTls } from './dial.js';
+
+export type HubClientState = 'idle' | 'connecting' | 'online' | 'backoff' | 'stopped' | 'fatal';
+
+export type ReverseStreamHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => void;
+
+export interface HubClientOptions {
+  identity: AgentIdentity;
+  log: Logger;
+  labels?: Record<string, string>;
+  agentVersion?: string;
+  keepaliveIntervalMs?: number;
+  keepaliveTimeoutMs?: number;
+  reconnectBaseMs?: number;
+  reconnectMaxMs?: number;
+  onReverseStream: ReverseStreamHandler;
+}
+
+interface Connection {
+  hub: string;
+  session: http2.ClientHttp2Session;
+  control: http2.ClientHttp2Stream;
+  welcome?: Welcome;
+  connectedAt: number;
+  lastAckAt: number;
+  pingOutstanding: boolean;
+  rttMs: number | null;
+  dead: boolean;
+}
+
+export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [string]; fatal: [ZtmError] }> {
+  readonly #o: HubClientOptions;
+  #identity: AgentIdentity;
+  #state: HubClientState = 'idle';
+  #conn: Connection | undefined;
+  #reverse: http2.ServerHttp2Session | undefined;
+  #reverseWanted = false;
+  #attempt = 0;
+  #hubIndex = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #keepalive: NodeJS.Timeout | undefined;
+  #lastError: string | undefined;
+  #connecting = false;
+
+  constructor(o: HubClientOptions) {
+    super();
+    this.#o = o;
+    this.#identity = o.identity;
+  }
+
+  get state(): HubClientState {
+    return this.#state;
+  }
+
+  get session(): http2.ClientHttp2Session | undefined {
+    return this.#conn?.session;
+  }
+
+  snapshot() {
+    const c = this.#conn;
+    return {
+      state: this.#state,
+      hub: c?.hub ?? null,
+      sessionId: c?.welcome?.sessionId ?? null,
+      connectedAt: c ? new Date(c.connectedAt).toISOString() : null,
+      rttMs: c?.rttMs ?? null,
+      reverse: this.#reverse !== undefined && !this.#reverse.destroyed,
+      lastError: this.#lastError ?? null,
+    };
+  }
+
+  /** Swap the certificate used for new connections (after renewal), and move
+   * to a new session with it; the old one drains. */
+  useIdentity(identity: AgentIdentity): void {
+    this.#identity = identity;
+    if (this.#state === 'online') void this.#connect();
+  }
+
+  start(): void {
+    if (this.#state !== 'idle') return;
+    this.#keepalive = setInterval(() => this.#tick(), Math.max(100, Math.min(1000, (this.#o.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS) / 2)));
+    this.#keepalive.unref();
+    void this.#connect();
+  }
+
+  /** Ask for the reverse session to be kept open (something to serve). */
+  wantReverse(want: boolean): void {
+    this.#reverseWanted = want;
+    if (want && this.#state === 'online') void this.#openReverse();
+    if (!want) this.#reverse?.close();
+  }
+
+  async stop(): Promise<void> {
+    this.#state = 'stopped';
+    clearTimeout(this.#timer);
+    clearInterval(this.#keepalive);
+    const c = this.#conn;
+    this.#conn = undefined;
+    this.#reverse?.close();
+    if (c) {
+      c.dead = true;
+      c.control.end();
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          c.session.destroy();
+          resolve();
+        }, 2_000);
+        c.session.close(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    this.#reverse?.destroy();
+  }
+
+  async #connect(): Promise<void> {
+    if (this.#connecting || this.#state === 'stopped' || this.#state === 'fatal') return;
+    this.#connecting = true;
+    if (this.#state !== 'online') this.#state = 'connecting';
+    const hubs = this.#identity.hubs;
+    const hub = hubs[this.#hubIndex++ % hubs.length] as string;
+    try {
+      const conn = await this.#open(hub);
+      if ((this.#state as HubClientState) === 'stopped') {
+        conn.session.destroy();
+        return;
+      }
+      const old = this.#conn;
+      this.#conn = conn;
+      this.#state = 'online';
+      this.#attempt = 0;
+      this.#lastError = undefined;
+      if (old) {
+        old.dead = true;
+        old.control.end();
+        old.session.close();
+      }
+      this.#o.log.info({ hub, sessionId: conn.welcome?.sessionId }, 'online');
+      this.emit('online', conn.welcome as Welcome);
+      if (this.#reverseWanted) void this.#openReverse();
+    } catch (err) {
+      const e = toZtmError(err, ErrorCodes.HUB_UNREACHABLE);
+      this.#lastError = e.message;
+      if (isFatal(e.code)) return this.#fatal(e);
+      this.#o.log.warn({ hub, code: e.code, reason: e.message }, 'cannot connect to hub');
+      if (this.#state !== 'online') this.#scheduleReconnect();
+    } finally {
+      this.#connecting = false;
+    }
+  }
+
+  #open(hub: string): Promise<Connection> {
+    const id = this.#identity;
+    return dialTls(hub, { ca: id.caPem, cert: id.certPem, key: id.keyPem, alpn: ALPN_SESSION }).then(
+      (socket: TLSSocket) =>
+        new Promise<Connection>((resolve, reject) => {
+          const session = http2.connect(`https://${hub}`, { createConnection: () => socket, settings: http2Settings });
+          session.on('connect', () => session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
+          const control = session.request({ ':method': 'POST', ':path': Paths.control, [Headers.version]: String(PROTOCOL_VERSION) }, { endStream: false });
+          const conn: Connection = { hub, session, control, connectedAt: Date.now(), lastAckAt: Date.now(), pingOutstanding: false, rttMs: null, dead: false };
+          let settled = false;
+          const settle = (err: ZtmError | null) => {
+            if (settled) return;
+            settled = true;
+            clearTimeout(timer);
+            if (err) {
+              session.destroy();
+              reject(err);
+            } else resolve(conn);
+          };
+          const timer = setTimeout(() => settle(new ZtmError(ErrorCodes.TIMEOUT, `hub ${hub} did not welcome us in time`)), 15_000);
+          session.on('error', (err) => settle(new ZtmError(ErrorCodes.HUB_UNREACHABLE, `session error: ${err.message}`)));
+          session.on('close', () => {
+            settle(new ZtmError(ErrorCodes.HUB_UNREACHABLE, 'hub closed the session'));
+            this.#onConnectionClosed(conn, 'session closed');
+          });
+          session.on('goaway', (code) => this.#o.log.debug({ code }, 'goaway from hub'));
+          control.on('error', () => {});
+          control.on('response', (h) => {
+            const status = Number(h[':status']);
+            if (status === 200) return;
+            readJsonBody(control)
+              .then((body) => settle(fromWire(body, status)))
+              .catch(() => settle(new ZtmError(ErrorCodes.HUB_UNREACHABLE, `hub answered ${status}`)));
+          });
+          const decoder = new FrameDecoder();
+          control.on('data', (chunk: Buffer) => {
+            let frames: unknown[];
+            try {
+              frames = decoder.push(chunk);
+            } catch (err) {
+              this.#o.log.warn({ reason: (err as Error).message }, 'bad frame from hub');
+              session.destroy();
+              return;
+            }
+            for (const f of frames) {
+              let msg: HubMessage;
+              try {
+                msg = parseMessage(HubMessage, f);
+              } catch (err) {
+                this.#o.log.warn({ reason: (err as Error).message }, 'bad message from hub');
+                continue;
+              }
+              if (msg.type === 'welcome') {
+                conn.welcome = msg;
+                settle(null);
+              } else if (msg.type === 'reverse-request') {
+                this.#reverseWanted = true;
+                void this.#openReverse();
+              } else if (msg.type === 'revoked') {
+                this.#fatal(new ZtmError(ErrorCodes.REVOKED, `hub says: ${msg.reason}`));
+              } else if (msg.type === 'error') {
+                const e = new ZtmError(isKnown(msg.code) ? msg.code : ErrorCodes.INTERNAL, `hub says: ${msg.message}`);
+                if (!conn.welcome) settle(e);
+                else this.#o.log.warn({ code: msg.code, reason: msg.message }, 'hub reported an error');
+              }
+            }
+          });
+          control.write(encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, agentVersion: this.#o.agentVersion ?? '0.1.0', labels: this.#o.labels ?? {} }));
+        }),
+    );
+  }
+
+  #onConnectionClosed(conn: Connection, reason: string): void {
+    if (conn.dead) return;
+    conn.dead = true;
+    if (this.#conn !== conn) return;
+    this.#conn = undefined;
+    this.#reverse?.close();
+    if (this.#state === 'stopped' || this.#state === 'fatal') return;
+    this.#o.log.warn({ reason }, 'offline');
+    this.emit('offline', reason);
+    this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect(): void {
+    if (this.#state === 'stopped' || this.#state === 'fatal') return;
+    this.#state = 'backoff';
+    const base = this.#o.reconnectBaseMs ?? RECONNECT_BASE_MS;
+    const max = this.#o.reconnectMaxMs ?? RECONNECT_MAX_MS;
+    const ceiling = Math.min(max, base * 2 ** Math.min(this.#attempt, 20));
+    this.#attempt++;
+    const delay = Math.round(Math.random() * ceiling); // full jitter: no thundering herd after a hub restart
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => void this.#connect(), delay);
+    this.#timer.unref();
+  }
+
+  #tick(): void {
+    const c = this.#conn;
+    if (!c || c.dead) return;
+    const now = Date.now();
+    const timeout = this.#o.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
+    if (now - c.lastAckAt > timeout) {
+      this.#o.log.warn({ timeoutMs: timeout }, 'hub stopped answering pings');
+      c.session.destroy();
+      this.#onConnectionClosed(c, 'keepalive timeout');
+      return;
+    }
+    if (!c.pingOutstanding && now - c.lastAckAt >= (this.#o.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS)) {
+      c.pingOutstanding = true;
+      try {
+        c.session.ping((err, duration) => {
+          c.pingOutstanding = false;
+          if (!err) {
+            c.lastAckAt = Date.now();
+            c.rttMs = duration;
+          }
+        });
+      } catch {
+        c.pingOutstanding = false;
+      }
+    }
+  }
+
+  async #openReverse(): Promise<void> {
+    if (this.#reverse && !this.#reverse.destroyed && !this.#reverse.closed) return;
+    const c = this.#conn;
+    if (!c) return;
+    const id = this.#identity;
+    let socket: TLSSocket;
+    try {
+      socket = await dialTls(c.hub, { ca: id.caPem, cert: id.certPem, key: id.keyPem, alpn: ALPN_REVERSE });
+    } catch (err) {
+      this.#o.log.warn({ reason: (err as Error).message }, 'cannot open reverse session');
+      return;
+    }
+    if (this.#conn !== c) {
+      socket.destroy();
+      return;
+    }
+    const rev = http2.performServerHandshake(socket, { settings: http2Settings });
+    rev.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
+    this.#reverse = rev;
+    rev.on('error', () => {});
+    rev.on('stream', (stream, headers) => {
+      stream.on('error', () => {});
+      this.#o.onReverseStream(stream, headers);
+    });
+    rev.on('close', () => {
+      if (this.#reverse === rev) this.#reverse = undefined;
+      // Re-open while wanted and the main session is up.
+      if (this.#reverseWanted && this.#state === 'online' && this.#conn === c && !c.dead) {
+        setTimeout(() => void this.#openReverse(), 250).unref();
+      }
+    });
+    this.#o.log.debug({ hub: c.hub }, 'reverse session open');
+  }
+
+  #fatal(err: ZtmError): void {
+    if (this.#state === 'fatal' || this.#state === 'stopped') return;
+    this.#state = 'fatal';
+    this.#lastError = err.message;
+    clearTimeout(this.#timer);
+    clearInterval(this.#keepalive);
+    this.#o.log.error({ code: err.code, reason: err.message }, 'hub refused this agent; not retrying');
+    const c = this.#conn;
+    this.#conn = undefined;
+    if (c) {
+      c.dead = true;
+      c.session.destroy();
+    }
+    this.#reverse?.destroy();
+    this.emit('fatal', err);
+  }
+}
+
+function isKnown(code: string): code is ErrorCode {
+  return (Object.values(ErrorCodes) as string[]).includes(code);
+}

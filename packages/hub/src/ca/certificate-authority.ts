@@ -1,0 +1,158 @@
+/**
+ * The mesh CA: made once by `ztm-hub init`, key kept on the hub (0600).
+ * Issues the hub's server certificate and endpoint client certificates from
+ * CSRs made on the devices, and signs permits.
+ */
+import { X509Certificate, createHash, createPrivateKey, sign } from 'node:crypto';
+import { isIP } from 'node:net';
+import { ErrorCodes, ZtmError, endpointUri } from '@ztm/proto';
+import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, x509 } from './x509.js';
+
+export interface KeyAndCert {
+  certPem: string;
+  keyPem: string;
+}
+
+export interface IssuedCertificate {
+  certPem: string;
+  /** Uppercase hex, as node:crypto's X509Certificate reports it. */
+  serial: string;
+  spkiSha256: string;
+  notBefore: number;
+  notAfter: number;
+}
+
+/** Allow for clocks a little behind ours. */
+const BACKDATE_MS = 5 * 60_000;
+
+export async function createCa(mesh: string, lifetimeMs = 10 * 365 * 86_400_000): Promise<KeyAndCert> {
+  const keys = await generateKeyPair();
+  const now = Date.now();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial(),
+    name: `CN=ztm mesh ${mesh} CA,O=ztm`,
+    notBefore: new Date(now - BACKDATE_MS),
+    notAfter: new Date(now + lifetimeMs),
+    keys,
+    signingAlgorithm: EC_ALG,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: await exportPrivateKeyPem(keys.privateKey) };
+}
+
+/** SHA-256 of the DER SubjectPublicKeyInfo, hex: binds an endpoint name to its key. */
+export function spkiSha256(cert: X509Certificate): string {
+  return createHash('sha256')
+    .update(cert.publicKey.export({ type: 'spki', format: 'der' }))
+    .digest('hex');
+}
+
+export class CertificateAuthority {
+  readonly certPem: string;
+  readonly mesh: string;
+  readonly #keyPem: string;
+  #key: CryptoKey | undefined;
+  #cert: x509.X509Certificate;
+
+  constructor(mesh: string, material: KeyAndCert) {
+    this.mesh = mesh;
+    this.certPem = material.certPem;
+    this.#keyPem = material.keyPem;
+    this.#cert = new x509.X509Certificate(material.certPem);
+  }
+
+  async #signingKey(): Promise<CryptoKey> {
+    this.#key ??= await importPrivateKeyPem(this.#keyPem);
+    return this.#key;
+  }
+
+  /** Sign permit bytes (ECDSA P-256 / SHA-256, DER), base64. */
+  signBytes(bytes: Buffer): string {
+    return sign('sha256', bytes, createPrivateKey(this.#keyPem)).toString('base64');
+  }
+
+  /** The hub's TLS server certificate, for the host parts of its names. */
+  async issueServerCertificate(names: readonly string[], lifetimeMs = 825 * 86_400_000): Promise<KeyAndCert> {
+    const keys = await generateKeyPair();
+    const hosts = new Set<string>(['localhost', '127.0.0.1', '::1']);
+    for (const n of names) hosts.add(hostOf(n));
+    const sans: x509.JsonGeneralName[] = [...hosts].map((h) => (isIP(h) ? { type: 'ip', value: h } : { type: 'dns', value: h }));
+    const now = Date.now();
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: randomSerial(),
+      subject: `CN=ztm hub ${this.mesh},O=ztm`,
+      issuer: this.#cert.subject,
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(now + lifetimeMs),
+      publicKey: keys.publicKey,
+      signingKey: (await this.#signingKey()) as never,
+      signingAlgorithm: EC_ALG,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+        new x509.SubjectAlternativeNameExtension(sans),
+      ],
+    });
+    return { certPem: cert.toString('pem'), keyPem: await exportPrivateKeyPem(keys.privateKey) };
+  }
+
+  /** Parse and verify a CSR; returns its public key's SPKI hash. */
+  async checkCsr(csrPem: string): Promise<{ csr: x509.Pkcs10CertificateRequest; spkiSha256: string }> {
+    let csr: x509.Pkcs10CertificateRequest;
+    try {
+      csr = new x509.Pkcs10CertificateRequest(csrPem);
+    } catch (err) {
+      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is not a PEM PKCS#10 CSR', { cause: err });
+    }
+    const alg = csr.publicKey.algorithm as { name: string; namedCurve?: string };
+    if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-256') {
+      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request key must be ECDSA P-256');
+    }
+    if (!(await csr.verify())) {
+      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request signature does not verify');
+    }
+    const spki = Buffer.from(csr.publicKey.rawData);
+    return { csr, spkiSha256: createHash('sha256').update(spki).digest('hex') };
+  }
+
+  /** Issue an endpoint's client certificate. Identity (CN, SAN URI) comes from
+   * the hub's records, never from the CSR's subject. */
+  async issueEndpointCertificate(csr: x509.Pkcs10CertificateRequest, endpoint: string, lifetimeMs: number): Promise<IssuedCertificate> {
+    const now = Date.now();
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: randomSerial(),
+      subject: `CN=${endpoint},O=ztm mesh ${this.mesh}`,
+      issuer: this.#cert.subject,
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(now + lifetimeMs),
+      publicKey: csr.publicKey,
+      signingKey: (await this.#signingKey()) as never,
+      signingAlgorithm: EC_ALG,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
+        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: endpointUri(this.mesh, endpoint) }]),
+      ],
+    });
+    const pem = cert.toString('pem');
+    const parsed = new X509Certificate(pem);
+    return {
+      certPem: pem,
+      serial: parsed.serialNumber.toUpperCase(),
+      spkiSha256: spkiSha256(parsed),
+      notBefore: Date.parse(parsed.validFrom),
+      notAfter: Date.parse(parsed.validTo),
+    };
+  }
+}
+
+export function hostOf(hostPort: string): string {
+  const m = /^\[(.+)\]:\d+$/.exec(hostPort) ?? /^(.+):\d+$/.exec(hostPort);
+  return m?.[1] ?? hostPort;
+}

@@ -1,0 +1,31 @@
+/**
+ * The hub's configuration: one zod schema gives both the TypeScript type and
+ * the validator. Unknown keys are rejected; every problem is reported with its
+ * path; durations may be written "30s"; defaults live here and nowhere else.
+ */
+import { ConfigError, durationMs, hostPortSchema, loadConfig, logLevelSchema, parseConfig } from '@ztm/proto';
+import { z } from 'zod';
+
+export const HubConfigSchema = z.strictObject({
+  /** Address the hub listens on for agents (TLS 1.3, HTTP/2, mutual TLS). */
+  listen: hostPortSchema.default('0.0.0.0:8888'),
+  logLevel: logLevelSchema.default('info'),
+  /** Opt-in Prometheus/health listener, host:port. */
+  metrics: hostPortSchema.optional(),
+  keepaliveInterval: durationMs('5s'),
+  keepaliveTimeout: durationMs('15s'),
+  handshakeTimeout: durationMs('10s'),
+  /** Lifetime of endpoint certificates; agents renew at two thirds of it. */
+  certLifetime: durationMs('30d'),
+  /** Default lifetime of a permit's join token. */
+  permitTtl: durationMs('1h'),
+  /** TLS connections without a client certificate (enrolment) held at once. */
+  maxUnauthenticated: z.number().int().positive().default(256),
+});
+
+export type HubConfigInput = z.input<typeof HubConfigSchema>;
+export type HubConfig = Readonly<z.output<typeof HubConfigSchema>>;
+export { ConfigError };
+
+export const parseHubConfig = (raw: unknown): HubConfig => parseConfig(HubConfigSchema, raw);
+export const loadHubConfig = (file: string | undefined, overrides: Record<string, unknown> = {}): HubConfig => loadConfig(HubConfigSchema, file, overrides);

@@ -1,0 +1,297 @@
+/**
+ * The hub's composition root: TLS listener shared by the main session (ALPN h2)
+ * and the reverse session (ALPN ztm-rev/1), enrolment, sessions, admin API.
+ */
+import type { Server as HttpServer } from 'node:http';
+import * as http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import * as tls from 'node:tls';
+import {
+  ALPN_REVERSE,
+  ALPN_SESSION,
+  AdminPaths,
+  type AdminRoutes,
+  startAdminServer,
+  ENROL_SESSION_TIMEOUT_MS,
+  EnrolRequest,
+  ErrorCodes,
+  HTTP2_SESSION_WINDOW_BYTES,
+  Headers,
+  Paths,
+  SUPPORTED_VERSIONS,
+  ZtmError,
+  http2Settings,
+  isValidName,
+  parseDurationMs,
+  parseMessage,
+} from '@ztm/proto';
+import { type OperationsContext, createPermit, listEndpoints, revokeEndpoint } from './admin/operations.js';
+import type { CertificateAuthority, KeyAndCert } from './ca/certificate-authority.js';
+import type { HubConfig } from './config/hub-config.js';
+import { type EnrolDeps, enrol } from './enrol/enrolment.js';
+import type { Logger } from './log.js';
+import type { Registry } from './registry/registry.js';
+import { AgentSession } from './session/agent-session.js';
+import { handleMainStream, type MainRouteDeps } from './session/main-routes.js';
+import { identifyPeer } from './session/peer-identity.js';
+import { SessionManager } from './session/session-manager.js';
+import { readStreamJson, respondError, respondJson } from './session/stream-io.js';
+
+export interface HubDeps {
+  ca: CertificateAuthority;
+  serverCert: KeyAndCert;
+  registry: Registry;
+  names: readonly string[];
+  logger: Logger;
+  /** Unix socket path for the admin API; none in library use. */
+  adminSocket?: string;
+}
+
+export interface Hub {
+  readonly mesh: string;
+  readonly sessions: SessionManager;
+  readonly ops: OperationsContext;
+  start(): Promise<AddressInfo>;
+  address(): AddressInfo | null;
+  /** Ping an endpoint over its reverse session; resolves with the round trip. */
+  ping(endpoint: string): Promise<{ endpoint: string; rttMs: number }>;
+  close(): Promise<void>;
+}
+
+export function createHub(config: HubConfig, deps: HubDeps): Hub {
+  const log = deps.logger.child({ component: 'hub' });
+  const mesh = deps.ca.mesh;
+  const sessions = new SessionManager({
+    keepaliveIntervalMs: config.keepaliveInterval,
+    keepaliveTimeoutMs: config.keepaliveTimeout,
+    registry: deps.registry,
+    log,
+  });
+  const ops: OperationsContext = { ca: deps.ca, registry: deps.registry, names: deps.names, sessions };
+  const enrolDeps: EnrolDeps = { ca: deps.ca, registry: deps.registry, certLifetimeMs: config.certLifetime };
+  const routeDeps: MainRouteDeps = {
+    enrol: enrolDeps,
+    ops,
+    sessions,
+    mesh,
+    keepaliveIntervalMs: config.keepaliveInterval,
+    keepaliveTimeoutMs: config.keepaliveTimeout,
+  };
+  let anonymous = 0;
+  let adminServer: HttpServer | undefined;
+  const h2Options: http2.ServerOptions = { settings: http2Settings, maxSessionMemory: 64 };
+
+  const server = tls.createServer({
+    key: deps.serverCert.keyPem,
+    cert: deps.serverCert.certPem,
+    ca: [deps.ca.certPem],
+    requestCert: true,
+    // Unauthenticated clients may complete TLS only to enrol; every other route
+    // checks the verified identity. See peer-identity.ts.
+    rejectUnauthorized: false,
+    minVersion: 'TLSv1.3',
+    ALPNProtocols: [ALPN_SESSION, ALPN_REVERSE],
+    handshakeTimeout: config.handshakeTimeout,
+    // Session tickets cost ≈ 4.5 KiB per idle connection and buy nothing here.
+    sessionTimeout: 0,
+  });
+
+  server.on('tlsClientError', (err) => log.debug({ reason: err.message }, 'TLS handshake failed'));
+  server.on('secureConnection', (socket: tls.TLSSocket) => {
+    socket.on('error', () => {});
+    socket.setNoDelay(true);
+    const address = `${socket.remoteAddress}:${socket.remotePort}`;
+    const who = identifyPeer(socket, deps.registry, mesh, Date.now());
+    if (socket.alpnProtocol === ALPN_REVERSE) {
+      const live = who.kind === 'endpoint' ? sessions.get(who.identity.endpoint) : undefined;
+      if (who.kind !== 'endpoint' || !live || live.closed || live.identity.serial !== who.identity.serial) {
+        socket.destroy();
+        return;
+      }
+      const reverse = http2.connect(`https://${live.endpoint}.reverse`, { createConnection: () => socket, settings: http2Settings });
+      reverse.on('connect', () => reverse.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
+      live.attachReverse(reverse);
+      return;
+    }
+    if (socket.alpnProtocol !== ALPN_SESSION) {
+      socket.destroy();
+      return;
+    }
+    const session = http2.performServerHandshake(socket, h2Options);
+    session.on('error', () => {});
+    session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
+
+    if (who.kind === 'endpoint') {
+      const agent = new AgentSession(session, who.identity, address, log);
+      session.on('stream', (stream, headers) => {
+        if (!versionOk(stream, headers)) return;
+        handleMainStream(routeDeps, agent, stream, headers);
+      });
+      return;
+    }
+    if (who.kind === 'refused') {
+      log.warn({ address, code: who.error.code, reason: who.error.message }, 'session refused');
+      refuse(session, who.error);
+      return;
+    }
+    // Anonymous: enrolment only, bounded in number and time.
+    if (anonymous >= config.maxUnauthenticated) {
+      session.destroy();
+      return;
+    }
+    anonymous++;
+    session.once('close', () => anonymous--);
+    session.setTimeout(ENROL_SESSION_TIMEOUT_MS, () => session.destroy());
+    session.on('stream', (stream, headers) => {
+      stream.on('error', () => {});
+      if (!versionOk(stream, headers)) return;
+      if (headers[':method'] === 'POST' && headers[':path'] === Paths.enrol) {
+        void (async () => {
+          try {
+            const body = parseMessage(EnrolRequest, await readStreamJson(stream));
+            const out = await enrol(enrolDeps, body.permit, body.csr);
+            log.info({ endpoint: out.endpoint, address }, 'endpoint enrolled');
+            respondJson(stream, 200, out);
+          } catch (err) {
+            const e = err instanceof ZtmError ? err : new ZtmError(ErrorCodes.INTERNAL, 'enrolment failed', { cause: err });
+            log.warn({ address, code: e.code, reason: e.message }, 'enrolment refused');
+            respondError(stream, e);
+          }
+        })();
+        return;
+      }
+      respondError(stream, who.error);
+    });
+  });
+
+  function versionOk(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): boolean {
+    const v = headers[Headers.version];
+    if (v === undefined || SUPPORTED_VERSIONS.includes(Number(v))) return true;
+    respondError(stream, new ZtmError(ErrorCodes.UNSUPPORTED_VERSION, `protocol version ${v} not supported (hub speaks ${SUPPORTED_VERSIONS.join(', ')})`));
+    return false;
+  }
+
+  function refuse(session: http2.ServerHttp2Session, err: ZtmError): void {
+    session.on('stream', (stream) => {
+      stream.on('error', () => {});
+      respondError(stream, err);
+      setTimeout(() => session.close(), 100).unref();
+    });
+    setTimeout(() => session.destroy(), 5_000).unref();
+  }
+
+  async function ping(endpoint: string): Promise<{ endpoint: string; rttMs: number }> {
+    const s = sessions.get(endpoint);
+    if (!s) throw new ZtmError(ErrorCodes.OFFLINE, `endpoint ${endpoint} is not online`);
+    const started = process.hrtime.bigint();
+    const stream = await s.openStream(Paths.ping);
+    const echoed = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const timer = setTimeout(() => {
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new ZtmError(ErrorCodes.TIMEOUT, `endpoint ${endpoint} did not answer the ping`));
+      }, 10_000);
+      stream.on('response', (h) => {
+        if (h[':status'] !== 200) reject(new ZtmError(ErrorCodes.INTERNAL, `ping answered ${h[':status']}`));
+      });
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('end', () => {
+        clearTimeout(timer);
+        resolve(Buffer.concat(chunks));
+      });
+      stream.on('error', (err) => {
+        clearTimeout(timer);
+        reject(new ZtmError(ErrorCodes.OFFLINE, `ping failed: ${err.message}`));
+      });
+      stream.end(Buffer.from(String(started)));
+    });
+    if (echoed.toString() !== String(started)) throw new ZtmError(ErrorCodes.INTERNAL, 'ping echo did not match');
+    const rttMs = Number(process.hrtime.bigint() - started) / 1e6;
+    return { endpoint, rttMs };
+  }
+
+  const adminRoutes: AdminRoutes = {
+    [`GET ${AdminPaths.status}`]: () => status(),
+    [`GET ${AdminPaths.endpoints}`]: () => listEndpoints(ops),
+    [`POST ${AdminPaths.permits}`]: (body) => {
+      const b = (body ?? {}) as { name?: unknown; ttl?: unknown };
+      const ttlMs = b.ttl === undefined ? config.permitTtl : parseDurationMs(b.ttl as string);
+      if (typeof b.name !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'name is required');
+      if (ttlMs === null) throw new ZtmError(ErrorCodes.BAD_REQUEST, `ttl ${JSON.stringify(b.ttl)} is not a duration (like 1h)`);
+      return createPermit(ops, b.name, ttlMs);
+    },
+    [`POST ${AdminPaths.revoke}`]: (body) => {
+      const name = (body as { name?: unknown } | undefined)?.name;
+      if (typeof name !== 'string' || !isValidName(name)) throw new ZtmError(ErrorCodes.BAD_REQUEST, 'name is required');
+      const out = revokeEndpoint(ops, name);
+      log.info(out, 'endpoint revoked');
+      return out;
+    },
+    [`POST ${AdminPaths.ping}`]: (body) => {
+      const name = (body as { name?: unknown } | undefined)?.name;
+      if (typeof name !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'name is required');
+      return ping(name);
+    },
+  };
+
+  function status() {
+    const endpoints = deps.registry.listEndpoints();
+    return {
+      mesh,
+      names: deps.names,
+      listen: server.address(),
+      endpoints: endpoints.length,
+      online: sessions.size,
+      revoked: endpoints.filter((e) => e.revoked_at !== null).length,
+      unauthenticated: anonymous,
+      uptimeSec: Math.round(process.uptime()),
+    };
+  }
+
+  return {
+    mesh,
+    sessions,
+    ops,
+    async start() {
+      const [host, portText] = splitHostPort(config.listen);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(Number(portText), host, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      }).catch((err: NodeJS.ErrnoException) => {
+        throw new ZtmError(
+          ErrorCodes.CONFIG,
+          `cannot listen on ${config.listen}: ${err.code ?? err.message}${err.code === 'EADDRINUSE' ? ' (another process holds the port; pick another with --listen)' : ''}`,
+        );
+      });
+      if (deps.adminSocket) adminServer = await startAdminServer(deps.adminSocket, adminRoutes, log);
+      const addr = server.address() as AddressInfo;
+      log.info({ mesh, listen: `${addr.address}:${addr.port}` }, 'hub listening');
+      return addr;
+    },
+    address: () => (server.address() as AddressInfo | null) ?? null,
+    ping,
+    async close() {
+      server.close();
+      adminServer?.close();
+      sessions.close('hub shutting down');
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 2_000);
+        t.unref();
+        server.once('close', () => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+      sessions.destroyAll();
+    },
+  };
+}
+
+export function splitHostPort(hostPort: string): [string, string] {
+  const m = /^\[(.+)\]:(\d+)$/.exec(hostPort) ?? /^(.+):(\d+)$/.exec(hostPort);
+  if (!m) throw new ZtmError(ErrorCodes.CONFIG, `${hostPort} is not host:port`);
+  return [m[1] as string, m[2] as string];
+}

@@ -1,0 +1,170 @@
+/**
+ * The hub's registry: the only owner of better-sqlite3. Opened once, WAL,
+ * synchronous=NORMAL, statements prepared once, numbered migrations. Kept off
+ * the data path: it is touched on enrolment, session open/close and admin calls.
+ */
+import Database from 'better-sqlite3';
+import { ErrorCodes, ZtmError } from '@ztm/proto';
+import { MIGRATIONS } from './migrations.js';
+
+export interface PermitRow {
+  token_sha256: string;
+  endpoint: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+export interface EndpointRow {
+  name: string;
+  spki_sha256: string;
+  enrolled_at: number;
+  revoked_at: number | null;
+  last_seen: number | null;
+  last_address: string | null;
+}
+
+export interface CertificateRow {
+  serial: string;
+  endpoint: string;
+  spki_sha256: string;
+  not_before: number;
+  not_after: number;
+  issued_at: number;
+  revoked_at: number | null;
+}
+
+export interface EnrolmentRecord {
+  tokenSha256: string;
+  endpoint: string;
+  spkiSha256: string;
+  serial: string;
+  notBefore: number;
+  notAfter: number;
+  now: number;
+}
+
+export class Registry {
+  readonly #db: Database.Database;
+  readonly #stmts;
+
+  constructor(file: string) {
+    this.#db = new Database(file);
+    this.#db.pragma('journal_mode = WAL');
+    this.#db.pragma('synchronous = NORMAL');
+    this.#db.pragma('foreign_keys = ON');
+    this.#db.pragma('busy_timeout = 5000');
+    this.#migrate();
+    const db = this.#db;
+    this.#stmts = {
+      getMeta: db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?'),
+      setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
+      insertPermit: db.prepare('INSERT INTO permits (token_sha256, endpoint, created_at, expires_at) VALUES (?, ?, ?, ?)'),
+      getPermit: db.prepare<[string], PermitRow>('SELECT * FROM permits WHERE token_sha256 = ?'),
+      usePermit: db.prepare('UPDATE permits SET used_at = ? WHERE token_sha256 = ? AND used_at IS NULL'),
+      getEndpoint: db.prepare<[string], EndpointRow>('SELECT * FROM endpoints WHERE name = ?'),
+      listEndpoints: db.prepare<[], EndpointRow>('SELECT * FROM endpoints ORDER BY name'),
+      upsertEndpoint: db.prepare(
+        `INSERT INTO endpoints (name, spki_sha256, enrolled_at) VALUES (?, ?, ?)
+         ON CONFLICT(name) DO UPDATE SET spki_sha256 = excluded.spki_sha256, enrolled_at = excluded.enrolled_at, revoked_at = NULL`,
+      ),
+      insertCert: db.prepare('INSERT INTO certificates (serial, endpoint, spki_sha256, not_before, not_after, issued_at) VALUES (?, ?, ?, ?, ?, ?)'),
+      getCert: db.prepare<[string], CertificateRow>('SELECT * FROM certificates WHERE serial = ?'),
+      latestCert: db.prepare<[string], CertificateRow>('SELECT * FROM certificates WHERE endpoint = ? AND revoked_at IS NULL ORDER BY not_after DESC LIMIT 1'),
+      revokeEndpoint: db.prepare('UPDATE endpoints SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL'),
+      revokeCerts: db.prepare('UPDATE certificates SET revoked_at = ? WHERE endpoint = ? AND revoked_at IS NULL'),
+      touch: db.prepare('UPDATE endpoints SET last_seen = ?, last_address = coalesce(?, last_address) WHERE name = ?'),
+    };
+  }
+
+  #migrate(): void {
+    const current = this.#db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new ZtmError(ErrorCodes.CONFIG, `registry schema version ${current} is newer than this hub (${MIGRATIONS.length}): upgrade ztm-hub`);
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.#db.transaction(() => {
+        this.#db.exec(MIGRATIONS[v] as string);
+        this.#db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  get schemaVersion(): number {
+    return this.#db.pragma('user_version', { simple: true }) as number;
+  }
+
+  getMeta(key: string): string | undefined {
+    return this.#stmts.getMeta.get(key)?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.#stmts.setMeta.run(key, value);
+  }
+
+  addPermit(tokenSha256: string, endpoint: string, now: number, expiresAt: number): void {
+    this.#stmts.insertPermit.run(tokenSha256, endpoint, now, expiresAt);
+  }
+
+  getPermit(tokenSha256: string): PermitRow | undefined {
+    return this.#stmts.getPermit.get(tokenSha256);
+  }
+
+  getEndpoint(name: string): EndpointRow | undefined {
+    return this.#stmts.getEndpoint.get(name);
+  }
+
+  listEndpoints(): EndpointRow[] {
+    return this.#stmts.listEndpoints.all();
+  }
+
+  getCertificate(serial: string): CertificateRow | undefined {
+    return this.#stmts.getCert.get(serial);
+  }
+
+  latestCertificate(endpoint: string): CertificateRow | undefined {
+    return this.#stmts.latestCert.get(endpoint);
+  }
+
+  /** Spend the token, bind the name to the key, record the certificate: all or
+   * nothing. Re-checks the token inside the transaction so two racing
+   * enrolments cannot both win. */
+  recordEnrolment(r: EnrolmentRecord): void {
+    this.#db.transaction(() => {
+      const spent = this.#stmts.usePermit.run(r.now, r.tokenSha256);
+      if (spent.changes !== 1) throw new ZtmError(ErrorCodes.TOKEN_USED, 'this permit was already used: ask the hub operator for a new one');
+      const ep = this.getEndpoint(r.endpoint);
+      if (ep && ep.revoked_at === null && ep.spki_sha256 !== r.spkiSha256) {
+        throw new ZtmError(ErrorCodes.NAME_TAKEN, `endpoint name ${r.endpoint} is held by another key`);
+      }
+      this.#stmts.upsertEndpoint.run(r.endpoint, r.spkiSha256, r.now);
+      this.#stmts.insertCert.run(r.serial, r.endpoint, r.spkiSha256, r.notBefore, r.notAfter, r.now);
+    })();
+  }
+
+  /** A renewed certificate for an endpoint already bound to this key. */
+  recordRenewal(endpoint: string, c: { serial: string; spkiSha256: string; notBefore: number; notAfter: number }, now: number): void {
+    this.#stmts.insertCert.run(c.serial, endpoint, c.spkiSha256, c.notBefore, c.notAfter, now);
+  }
+
+  /** Revoke the endpoint and every certificate it holds. Returns how many
+   * certificates were revoked now. */
+  revokeEndpoint(name: string, now: number): number {
+    return this.#db.transaction(() => {
+      this.#stmts.revokeEndpoint.run(now, name);
+      return this.#stmts.revokeCerts.run(now, name).changes;
+    })();
+  }
+
+  touch(name: string, now: number, address: string | null): void {
+    this.#stmts.touch.run(now, address, name);
+  }
+
+  integrityCheck(): string {
+    return this.#db.pragma('integrity_check', { simple: true }) as string;
+  }
+
+  close(): void {
+    if (this.#db.open) this.#db.close();
+  }
+}

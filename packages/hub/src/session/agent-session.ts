@@ -1,0 +1,149 @@
+/**
+ * One agent's session with the hub: the main HTTP/2 session (agent is the
+ * client), its control stream, and the reverse session (hub is the client) used
+ * to open streams to the agent. Every way it can end (GOAWAY, error, socket
+ * close, keepalive timeout, revocation, replacement) goes through `#finish`.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
+import { constants as h2 } from 'node:http2';
+import { ErrorCodes, type HubMessage, Headers, PROTOCOL_VERSION, ZtmError, encodeFrame } from '@ztm/proto';
+import type { Logger } from '../log.js';
+import type { PeerIdentity } from './peer-identity.js';
+
+/** A control stream whose peer stops reading may hold this much, then the
+ * session is dropped: we never buffer without bound for a slow peer. */
+const MAX_CONTROL_BACKLOG_BYTES = 1024 * 1024;
+const REVERSE_WAIT_MS = 5_000;
+
+export type SessionState = 'handshaking' | 'online' | 'closed';
+
+export class AgentSession extends EventEmitter<{ close: [reason: string]; reverse: [] }> {
+  readonly id = randomBytes(6).toString('hex');
+  readonly identity: PeerIdentity;
+  readonly address: string;
+  readonly connectedAt = Date.now();
+  readonly main: ServerHttp2Session;
+  readonly log: Logger;
+  state: SessionState = 'handshaking';
+  labels: Record<string, string> = {};
+  lastAckAt = Date.now();
+  pingOutstanding = false;
+  rttMs: number | null = null;
+  #control: ServerHttp2Stream | undefined;
+  #reverse: ClientHttp2Session | undefined;
+  #closeReason: string | undefined;
+
+  constructor(main: ServerHttp2Session, identity: PeerIdentity, address: string, log: Logger) {
+    super();
+    this.main = main;
+    this.identity = identity;
+    this.address = address;
+    this.log = log.child({ endpoint: identity.endpoint, sessionId: this.id });
+    main.on('close', () => this.#finish('socket closed'));
+    main.on('error', (err) => this.#finish(`session error: ${err.message}`));
+    main.on('goaway', (code) => this.#finish(`goaway from agent (code ${code})`));
+  }
+
+  get endpoint(): string {
+    return this.identity.endpoint;
+  }
+
+  get closed(): boolean {
+    return this.state === 'closed';
+  }
+
+  get hasReverse(): boolean {
+    return this.#reverse !== undefined && !this.#reverse.destroyed;
+  }
+
+  attachControl(stream: ServerHttp2Stream): void {
+    this.#control = stream;
+  }
+
+  sendControl(message: HubMessage): void {
+    const c = this.#control;
+    if (!c || c.destroyed || c.writableEnded) return;
+    if (c.writableLength > MAX_CONTROL_BACKLOG_BYTES) {
+      this.destroy(new ZtmError(ErrorCodes.TOO_MANY, 'control stream not read by agent'));
+      return;
+    }
+    c.write(encodeFrame(message));
+  }
+
+  attachReverse(reverse: ClientHttp2Session): void {
+    const old = this.#reverse;
+    this.#reverse = reverse;
+    if (old && !old.destroyed) old.close();
+    reverse.on('close', () => {
+      if (this.#reverse === reverse) this.#reverse = undefined;
+    });
+    reverse.on('error', (err) => this.log.debug({ err: err.message }, 'reverse session error'));
+    this.emit('reverse');
+  }
+
+  /** The reverse session, asking the agent for one if it holds none. */
+  async reverse(): Promise<ClientHttp2Session> {
+    if (this.#reverse && !this.#reverse.destroyed && !this.#reverse.closed) return this.#reverse;
+    if (this.closed) throw new ZtmError(ErrorCodes.OFFLINE, `endpoint ${this.endpoint} is offline`);
+    this.sendControl({ type: 'reverse-request' });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new ZtmError(ErrorCodes.TIMEOUT, `endpoint ${this.endpoint} did not open its reverse session`));
+      }, REVERSE_WAIT_MS);
+      timer.unref();
+      const onReverse = () => {
+        cleanup();
+        resolve();
+      };
+      const onClose = () => {
+        cleanup();
+        reject(new ZtmError(ErrorCodes.OFFLINE, `endpoint ${this.endpoint} went offline`));
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off('reverse', onReverse);
+        this.off('close', onClose);
+      };
+      this.on('reverse', onReverse);
+      this.on('close', onClose);
+    });
+    return this.#reverse as unknown as ClientHttp2Session;
+  }
+
+  /** Open a stream to the agent over its reverse session. */
+  async openStream(path: string, extra: OutgoingHttpHeaders = {}): Promise<ClientHttp2Stream> {
+    const rev = await this.reverse();
+    return rev.request({ ':method': 'POST', ':path': path, [Headers.version]: String(PROTOCOL_VERSION), ...extra });
+  }
+
+  /** Graceful: no new streams, live ones finish. */
+  close(reason: string): void {
+    if (this.closed) return;
+    this.#closeReason ??= reason;
+    this.#control?.end();
+    this.main.close();
+    this.#reverse?.close();
+    // A peer that never finishes its streams cannot hold us forever.
+    setTimeout(() => this.destroy(), 30_000).unref();
+    this.#finish(reason);
+  }
+
+  /** Now. */
+  destroy(err?: ZtmError): void {
+    if (err) this.#closeReason ??= err.message;
+    if (!this.main.destroyed) this.main.destroy(undefined, h2.NGHTTP2_CANCEL);
+    if (this.#reverse && !this.#reverse.destroyed) this.#reverse.destroy();
+    this.#finish(this.#closeReason ?? 'destroyed');
+  }
+
+  #finish(reason: string): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    const why = this.#closeReason ?? reason;
+    this.log.info({ reason: why, durationMs: Date.now() - this.connectedAt }, 'session closed');
+    this.emit('close', why);
+  }
+}

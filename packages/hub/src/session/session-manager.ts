@@ -1,0 +1,112 @@
+/**
+ * The live sessions, one per endpoint, and the one sweep timer that drives
+ * keepalive for all of them (a timer per session cost twice the idle CPU).
+ */
+import { ErrorCodes, ZtmError } from '@ztm/proto';
+import type { Logger } from '../log.js';
+import type { Registry } from '../registry/registry.js';
+import type { AgentSession } from './agent-session.js';
+
+export interface SessionManagerOptions {
+  keepaliveIntervalMs: number;
+  keepaliveTimeoutMs: number;
+  registry: Registry;
+  log: Logger;
+  now?: () => number;
+}
+
+export class SessionManager {
+  readonly #byEndpoint = new Map<string, AgentSession>();
+  readonly #opts: SessionManagerOptions;
+  readonly #timer: NodeJS.Timeout;
+
+  constructor(opts: SessionManagerOptions) {
+    this.#opts = opts;
+    const sweepMs = Math.max(100, Math.min(1000, Math.floor(opts.keepaliveIntervalMs / 2)));
+    this.#timer = setInterval(() => this.#sweep(), sweepMs);
+    this.#timer.unref();
+  }
+
+  get size(): number {
+    return this.#byEndpoint.size;
+  }
+
+  get(endpoint: string): AgentSession | undefined {
+    return this.#byEndpoint.get(endpoint);
+  }
+
+  all(): IterableIterator<AgentSession> {
+    return this.#byEndpoint.values();
+  }
+
+  /** Register an online session. A newer session of the same endpoint replaces
+   * the older one, which drains gracefully (renewal, reconnect after a drop
+   * the hub has not noticed yet). */
+  add(session: AgentSession): void {
+    const old = this.#byEndpoint.get(session.endpoint);
+    this.#byEndpoint.set(session.endpoint, session);
+    session.lastAckAt = this.#now();
+    this.#opts.registry.touch(session.endpoint, this.#now(), session.address);
+    session.once('close', () => {
+      if (this.#byEndpoint.get(session.endpoint) === session) {
+        this.#byEndpoint.delete(session.endpoint);
+        this.#opts.registry.touch(session.endpoint, this.#now(), null);
+      }
+    });
+    if (old && old !== session) old.close('replaced by a newer session');
+  }
+
+  /** Revoke: tell the agent why, then drop the session at once. */
+  revoke(endpoint: string, reason: string): boolean {
+    const s = this.#byEndpoint.get(endpoint);
+    if (!s) return false;
+    s.sendControl({ type: 'revoked', reason });
+    // Let the frame leave before the socket goes.
+    setImmediate(() => s.destroy(new ZtmError(ErrorCodes.REVOKED, reason)));
+    return true;
+  }
+
+  #now(): number {
+    return this.#opts.now?.() ?? Date.now();
+  }
+
+  #sweep(): void {
+    const now = this.#now();
+    const { keepaliveIntervalMs, keepaliveTimeoutMs } = this.#opts;
+    for (const s of this.#byEndpoint.values()) {
+      if (now - s.lastAckAt > keepaliveTimeoutMs) {
+        s.destroy(new ZtmError(ErrorCodes.TIMEOUT, `keepalive timeout (${keepaliveTimeoutMs} ms)`));
+        continue;
+      }
+      if (s.identity.certNotAfter <= now) {
+        s.close('certificate expired');
+        continue;
+      }
+      if (!s.pingOutstanding && now - s.lastAckAt >= keepaliveIntervalMs) {
+        s.pingOutstanding = true;
+        const sentAt = now;
+        try {
+          s.main.ping((err) => {
+            s.pingOutstanding = false;
+            if (!err) {
+              s.lastAckAt = this.#now();
+              s.rttMs = s.lastAckAt - sentAt;
+            }
+          });
+        } catch {
+          s.pingOutstanding = false;
+        }
+      }
+    }
+  }
+
+  close(reason: string): void {
+    clearInterval(this.#timer);
+    for (const s of [...this.#byEndpoint.values()]) s.close(reason);
+  }
+
+  destroyAll(): void {
+    clearInterval(this.#timer);
+    for (const s of [...this.#byEndpoint.values()]) s.destroy();
+  }
+}

@@ -1,0 +1,36 @@
+/**
+ * Endpoint identity inside certificates.
+ *
+ * An endpoint certificate has subject CN = endpoint name and one SAN URI
+ * `ztm://<mesh>/endpoint/<name>`. The hub reads identity only from the
+ * certificate it verified, never from what a caller says.
+ */
+import { ENDPOINT_NAME_PATTERN } from './limits.js';
+
+export function endpointUri(mesh: string, name: string): string {
+  return `ztm://${mesh}/endpoint/${name}`;
+}
+
+export function parseEndpointUri(uri: string): { mesh: string; name: string } | null {
+  const m = /^ztm:\/\/([^/]+)\/endpoint\/([^/]+)$/.exec(uri);
+  if (!m || !m[1] || !m[2]) return null;
+  return { mesh: m[1], name: m[2] };
+}
+
+export function isValidName(name: string): boolean {
+  return ENDPOINT_NAME_PATTERN.test(name);
+}
+
+/** What `ztm-hub endpoints` and `ztm-agent endpoints` print (JSON shape). */
+export interface EndpointInfo {
+  name: string;
+  online: boolean;
+  /** ISO time of the last session activity, or null if never seen. */
+  lastSeen: string | null;
+  /** ISO time the current certificate expires, or null. */
+  certExpires: string | null;
+  /** Remote address of the live session, or of the last one. */
+  address: string | null;
+  revoked: boolean;
+  enrolledAt: string | null;
+}

@@ -1,0 +1,94 @@
+/**
+ * Control-stream messages. One control stream per session (POST /v1/control),
+ * carrying frames (codec.ts) both ways for the session's life.
+ *
+ * Each message: who sends it, when, and what answer it expects.
+ */
+import { z } from 'zod';
+import { ErrorCodes, ZtmError } from './errors.js';
+
+/** agent → hub, first frame on the control stream. Answer: `welcome`, or an
+ * `error` frame and the stream closed. */
+export const Hello = z.strictObject({
+  type: z.literal('hello'),
+  version: z.number().int().positive(),
+  agentVersion: z.string().max(64),
+  labels: z.record(z.string().max(63), z.string().max(255)).default({}),
+});
+
+/** hub → agent, answer to `hello`. Tells the agent who the hub thinks it is
+ * (from its certificate) and the keepalive it will apply. No answer. */
+export const Welcome = z.strictObject({
+  type: z.literal('welcome'),
+  version: z.number().int().positive(),
+  mesh: z.string(),
+  endpoint: z.string(),
+  sessionId: z.string(),
+  hubTime: z.string(),
+  keepaliveIntervalMs: z.number().int().positive(),
+  keepaliveTimeoutMs: z.number().int().positive(),
+  certExpires: z.string(),
+});
+
+/** hub → agent, when the hub needs to open streams to the agent and the
+ * agent holds no reverse session. Answer: the agent dials the reverse session
+ * (ALPN `ztm-rev/1`); no frame. */
+export const ReverseRequest = z.strictObject({
+  type: z.literal('reverse-request'),
+});
+
+/** hub → agent, when the endpoint's certificate or the endpoint itself is
+ * revoked. The hub closes the session right after; the agent must stop and
+ * not reconnect. No answer. */
+export const Revoked = z.strictObject({
+  type: z.literal('revoked'),
+  reason: z.string().max(512),
+});
+
+/** either way, before closing a stream on a protocol error. No answer. */
+export const ErrorMessage = z.strictObject({
+  type: z.literal('error'),
+  code: z.string().max(64),
+  message: z.string().max(1024),
+});
+
+export const AgentMessage = z.discriminatedUnion('type', [Hello, ErrorMessage]);
+export const HubMessage = z.discriminatedUnion('type', [Welcome, ReverseRequest, Revoked, ErrorMessage]);
+
+export type Hello = z.infer<typeof Hello>;
+export type Welcome = z.infer<typeof Welcome>;
+export type ReverseRequest = z.infer<typeof ReverseRequest>;
+export type Revoked = z.infer<typeof Revoked>;
+export type ErrorMessage = z.infer<typeof ErrorMessage>;
+export type AgentMessage = z.infer<typeof AgentMessage>;
+export type HubMessage = z.infer<typeof HubMessage>;
+
+/** Validate a decoded value against a schema; a mismatch is a typed error
+ * naming the first bad path. */
+export function parseMessage<T>(schema: z.ZodType<T>, value: unknown): T {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const where = issue && issue.path.length ? issue.path.join('.') : '(root)';
+  throw new ZtmError(ErrorCodes.BAD_MESSAGE, `bad message at ${where}: ${issue?.message ?? 'invalid'}`);
+}
+
+/** Bodies of the request/response routes (paths.ts). */
+export const EnrolRequest = z.strictObject({
+  permit: z.unknown(),
+  csr: z.string().max(8192),
+});
+export const EnrolResponse = z.strictObject({
+  certificate: z.string(),
+  ca: z.string(),
+  endpoint: z.string(),
+  mesh: z.string(),
+  certExpires: z.string(),
+});
+export const RenewRequest = z.strictObject({ csr: z.string().max(8192) });
+export const RenewResponse = z.strictObject({ certificate: z.string(), certExpires: z.string() });
+
+export type EnrolRequest = z.infer<typeof EnrolRequest>;
+export type EnrolResponse = z.infer<typeof EnrolResponse>;
+export type RenewRequest = z.infer<typeof RenewRequest>;
+export type RenewResponse = z.infer<typeof RenewResponse>;
