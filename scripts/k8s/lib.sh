@@ -14,11 +14,17 @@ MCS_API_VERSION="${ZTM_MCS_API_VERSION:-v0.5.2}"
 # etcd: built from the proxy at the version kubernetes' own go.mod pins
 # (go.etcd.io/etcd/server/v3), see README.md for why not Debian's 3.4.
 ETCD_MODULE="go.etcd.io/etcd/server/v3"
+# Optional KWOK (fake nodes that run pods: Running, with pod IPs), built with
+# `go install sigs.k8s.io/kwok/cmd/kwok@KWOK_VERSION`; stages = its "fast" set.
+KWOK_VERSION="${ZTM_KWOK_VERSION:-v0.8.0}"
 
 K8S_CACHE_ROOT="${ZTM_K8S_CACHE:-$HOME/.cache/ztm-k8s}"
 K8S_CACHE="$K8S_CACHE_ROOT/$K8S_VERSION"
 K8S_BIN="$K8S_CACHE/bin"
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
+
+K8S_KWOK_STAGES="$K8S_CACHE/kwok-$KWOK_VERSION-stages-fast.yaml"
+K8S_KWOK_FAILED="$K8S_CACHE/kwok-$KWOK_VERSION.failed"
 
 K8S_SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -77,23 +83,59 @@ k8s_go_mod_file() {
 
 # Build all binaries into $K8S_BIN unless they are already there.
 k8s_build() {
+	if k8s_binaries_present && { [ "${ZTM_K8S_KWOK:-1}" = 0 ] || k8s_kwok_present || [ -f "$K8S_KWOK_FAILED" ]; }; then
+		return 0
+	fi
+	mkdir -p "$K8S_CACHE_ROOT"
+	# Serialise concurrent builds of the same version.
+	exec 9>"$K8S_CACHE_ROOT/$K8S_VERSION.lock"
+	if command -v flock >/dev/null 2>&1; then
+		flock 9
+	fi
+	k8s_build_k8s
+	k8s_build_kwok
+	exec 9>&-
+}
+
+k8s_kwok_present() {
+	[ -x "$K8S_BIN/kwok" ] && [ -s "$K8S_KWOK_STAGES" ]
+}
+
+# Best effort: KWOK is optional. A failed build is remembered in
+# $K8S_KWOK_FAILED (delete it to retry) so that `up` doesn't retry every time.
+k8s_build_kwok() {
+	[ "${ZTM_K8S_KWOK:-1}" != 0 ] || return 0
+	k8s_kwok_present && return 0
+	[ ! -f "$K8S_KWOK_FAILED" ] || return 0
+	k8s_need_cmd go golang-go
+	k8s_go_env
+	local dir started
+	started=$(date +%s)
+	log "building KWOK $KWOK_VERSION (sigs.k8s.io/kwok/cmd/kwok) into $K8S_BIN (first time only, ~1 min)"
+	if ! (cd "$K8S_CACHE_ROOT" && GOBIN="$K8S_BIN" go install -trimpath -ldflags "-s -w" \
+		"sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >"$K8S_CACHE/kwok-build.log" 2>&1); then
+		cp "$K8S_CACHE/kwok-build.log" "$K8S_KWOK_FAILED"
+		log "KWOK build failed (see $K8S_KWOK_FAILED); clusters will have no nodes"
+		return 0
+	fi
+	dir="$(k8s_go_mod_dir sigs.k8s.io/kwok "$KWOK_VERSION")"
+	if ! "$K8S_BIN/kubectl" kustomize "$dir/kustomize/stage/fast" >"$K8S_KWOK_STAGES.tmp" 2>>"$K8S_CACHE/kwok-build.log"; then
+		cp "$K8S_CACHE/kwok-build.log" "$K8S_KWOK_FAILED"
+		log "KWOK stages ($dir/kustomize/stage/fast) failed (see $K8S_KWOK_FAILED); clusters will have no nodes"
+		return 0
+	fi
+	mv -f "$K8S_KWOK_STAGES.tmp" "$K8S_KWOK_STAGES"
+	echo "kwok $KWOK_VERSION" >>"$K8S_CACHE/VERSIONS"
+	echo "kwok_build_seconds $(($(date +%s) - started))" >>"$K8S_CACHE/VERSIONS"
+	return 0
+}
+
+k8s_build_k8s() {
 	if k8s_binaries_present; then
 		return 0
 	fi
 	k8s_need_cmd go golang-go
 	k8s_go_env
-	mkdir -p "$K8S_CACHE_ROOT"
-
-	# Serialise concurrent builds of the same version.
-	local lock="$K8S_CACHE_ROOT/$K8S_VERSION.lock"
-	exec 9>"$lock"
-	if command -v flock >/dev/null 2>&1; then
-		flock 9
-	fi
-	if k8s_binaries_present; then
-		exec 9>&-
-		return 0
-	fi
 
 	local started src kmod minor ver staging
 	started=$(date +%s)
@@ -177,13 +219,12 @@ EOF
 	} >"$K8S_CACHE/VERSIONS"
 	k8s_binaries_present || die "build finished but binaries are missing in $K8S_BIN"
 	log "built in $(($(date +%s) - started)) s"
-	exec 9>&-
 }
 
 # ---- processes ---------------------------------------------------------------
 
 # Components in the order they are stopped.
-K8S_STOP_ORDER=(kube-scheduler kube-controller-manager kube-apiserver etcd)
+K8S_STOP_ORDER=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 
 # Is PID alive (not a zombie) and running binary COMPONENT? (guards against
 # pid reuse; /proc/PID/comm holds at most 15 characters of the name)
