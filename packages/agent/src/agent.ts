@@ -12,6 +12,7 @@ import { CertificateRenewer } from './identity/renewal.js';
 import type { Logger } from './log.js';
 import { requestJson } from './session/h2-json.js';
 import { HubClient } from './session/hub-client.js';
+import { TunnelManager } from './tunnel/tunnel-manager.js';
 
 export interface AgentDeps {
   identity: AgentIdentity;
@@ -23,6 +24,7 @@ export interface AgentDeps {
 
 export interface Agent {
   readonly client: HubClient;
+  readonly tunnels: TunnelManager;
   start(): Promise<void>;
   /** Rejects when the hub refuses this agent for good (revoked, unknown). */
   readonly done: Promise<void>;
@@ -54,12 +56,21 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     reconnectMaxMs: config.reconnectMax,
     onReverseStream,
   });
+  const tunnels = new TunnelManager({
+    client,
+    log: base.child({ component: 'tunnel' }),
+    dataDir: deps.dataDir,
+    declared: config.tunnels,
+    udpIdleMs: config.udpIdleTimeout,
+  });
+  client.on('online', () => tunnels.announce());
   const renewer = new CertificateRenewer(identity, client, deps.dataDir, base.child({ component: 'renewal' }));
   client.on('fatal', (err) => rejectDone(err));
 
   /** Streams the hub opens to us over the reverse session. */
   function onReverseStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
     const path = headers[':path'];
+    if (headers[':method'] === 'POST' && tunnels.serve(stream, headers)) return;
     if (headers[':method'] === 'POST' && path === Paths.ping) {
       stream.respond({ ':status': 200 });
       pipeline(stream, stream, () => {});
@@ -82,6 +93,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         expires: new Date(cert.notAfter).toISOString(),
         renewAt: new Date(CertificateRenewer.dueAt(renewer.identity.certPem)).toISOString(),
       },
+      tunnels: tunnels.list(),
       pid: process.pid,
       uptimeSec: Math.round(process.uptime()),
     };
@@ -96,21 +108,36 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const adminRoutes: AdminRoutes = {
     [`GET ${AdminPaths.status}`]: () => status(),
     [`GET ${AdminPaths.endpoints}`]: () => endpoints(),
+    [`GET ${AdminPaths.tunnels}`]: () => tunnels.list(),
+    [`POST ${AdminPaths.tunnelOpen}`]: (body) => {
+      const b = (body ?? {}) as Record<string, unknown>;
+      if (b.direction === 'inbound') return tunnels.openInbound(b);
+      if (b.direction === 'outbound') return tunnels.openOutbound(b);
+      throw new ZtmError(ErrorCodes.BAD_REQUEST, 'direction must be inbound or outbound');
+    },
+    [`POST ${AdminPaths.tunnelClose}`]: (body) => {
+      const b = (body ?? {}) as { direction?: unknown; tunnel?: unknown };
+      if (b.direction !== 'inbound' && b.direction !== 'outbound') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'direction must be inbound or outbound');
+      return tunnels.close(b.direction, String(b.tunnel ?? ''));
+    },
   };
 
   return {
     client,
+    tunnels,
     done,
     status,
     endpoints,
     async start() {
       if (deps.adminSocket) admin = await startAdminServer(deps.adminSocket, adminRoutes, log);
+      await tunnels.start();
       client.start();
       renewer.start();
     },
     async close() {
       renewer.stop();
       admin?.close();
+      tunnels.closeAll();
       await client.stop();
       resolveDone();
     },

@@ -24,6 +24,9 @@ import {
   isValidName,
   parseDurationMs,
   parseMessage,
+  readStreamJson,
+  respondError,
+  respondJson,
 } from '@ztm/proto';
 import { type OperationsContext, createPermit, listEndpoints, revokeEndpoint } from './admin/operations.js';
 import type { CertificateAuthority, KeyAndCert } from './ca/certificate-authority.js';
@@ -31,11 +34,11 @@ import type { HubConfig } from './config/hub-config.js';
 import { type EnrolDeps, enrol } from './enrol/enrolment.js';
 import type { Logger } from './log.js';
 import type { Registry } from './registry/registry.js';
+import { RelayStats } from './relay/relay-stats.js';
 import { AgentSession } from './session/agent-session.js';
 import { handleMainStream, type MainRouteDeps } from './session/main-routes.js';
 import { identifyPeer } from './session/peer-identity.js';
 import { SessionManager } from './session/session-manager.js';
-import { readStreamJson, respondError, respondJson } from './session/stream-io.js';
 
 export interface HubDeps {
   ca: CertificateAuthority;
@@ -67,6 +70,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     registry: deps.registry,
     log,
   });
+  const stats = new RelayStats();
   const ops: OperationsContext = { ca: deps.ca, registry: deps.registry, names: deps.names, sessions };
   const enrolDeps: EnrolDeps = { ca: deps.ca, registry: deps.registry, certLifetimeMs: config.certLifetime };
   const routeDeps: MainRouteDeps = {
@@ -76,6 +80,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     mesh,
     keepaliveIntervalMs: config.keepaliveInterval,
     keepaliveTimeoutMs: config.keepaliveTimeout,
+    relay: { sessions, stats, log: log.child({ component: 'relay' }) },
   };
   let anonymous = 0;
   let adminServer: HttpServer | undefined;
@@ -214,11 +219,12 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     [`GET ${AdminPaths.status}`]: () => status(),
     [`GET ${AdminPaths.endpoints}`]: () => listEndpoints(ops),
     [`POST ${AdminPaths.permits}`]: (body) => {
-      const b = (body ?? {}) as { name?: unknown; ttl?: unknown };
+      const b = (body ?? {}) as { name?: unknown; ttl?: unknown; user?: unknown };
       const ttlMs = b.ttl === undefined ? config.permitTtl : parseDurationMs(b.ttl as string);
       if (typeof b.name !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'name is required');
       if (ttlMs === null) throw new ZtmError(ErrorCodes.BAD_REQUEST, `ttl ${JSON.stringify(b.ttl)} is not a duration (like 1h)`);
-      return createPermit(ops, b.name, ttlMs);
+      if (b.user !== undefined && typeof b.user !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'user must be a string');
+      return createPermit(ops, b.name, ttlMs, (b.user as string | undefined) ?? b.name);
     },
     [`POST ${AdminPaths.revoke}`]: (body) => {
       const name = (body as { name?: unknown } | undefined)?.name;
@@ -244,6 +250,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       online: sessions.size,
       revoked: endpoints.filter((e) => e.revoked_at !== null).length,
       unauthenticated: anonymous,
+      streamsOpen: [...stats.byTunnel.values()].reduce((n, c) => n + c.open, 0),
+      tunnels: stats.snapshot(),
       uptimeSec: Math.round(process.uptime()),
     };
   }

@@ -43,6 +43,12 @@ export const ErrorCodes = {
   TIMEOUT: 'ZTM_ERR_TIMEOUT',
   TOO_MANY: 'ZTM_ERR_TOO_MANY',
   OFFLINE: 'ZTM_ERR_OFFLINE',
+  /** No online endpoint holds an outbound end that accepts this entrance. */
+  NO_EXIT: 'ZTM_ERR_NO_EXIT',
+  /** The exit could not connect to any target (refused, unreachable). */
+  TARGET_UNREACHABLE: 'ZTM_ERR_TARGET_UNREACHABLE',
+  /** A listener could not be opened (port in use, no permission). */
+  LISTEN_FAILED: 'ZTM_ERR_LISTEN_FAILED',
   CLOSED: 'ZTM_ERR_CLOSED',
   INTERNAL: 'ZTM_ERR_INTERNAL',
 } as const;
@@ -77,6 +83,9 @@ export const errorHttpStatus: Record<ErrorCode, number> = {
   ZTM_ERR_TIMEOUT: 504,
   ZTM_ERR_TOO_MANY: 429,
   ZTM_ERR_OFFLINE: 503,
+  ZTM_ERR_NO_EXIT: 502,
+  ZTM_ERR_TARGET_UNREACHABLE: 502,
+  ZTM_ERR_LISTEN_FAILED: 409,
   ZTM_ERR_CLOSED: 503,
   ZTM_ERR_INTERNAL: 500,
 };

@@ -2,13 +2,19 @@
  * Endpoint identity inside certificates.
  *
  * An endpoint certificate has subject CN = endpoint name and one SAN URI
- * `ztm://<mesh>/endpoint/<name>`. The hub reads identity only from the
+ * `ztm://<mesh>/endpoint/<name>`, and a second one naming the user it acts
+ * for, `ztm://<mesh>/user/<user>` (allow-lists may name users). The hub reads identity only from the
  * certificate it verified, never from what a caller says.
  */
 import { ENDPOINT_NAME_PATTERN } from './limits.js';
 
 export function endpointUri(mesh: string, name: string): string {
   return `ztm://${mesh}/endpoint/${name}`;
+}
+
+/** The user an endpoint acts for: `ztm://<mesh>/user/<user>` (second SAN URI). */
+export function userUri(mesh: string, user: string): string {
+  return `ztm://${mesh}/user/${user}`;
 }
 
 export function parseEndpointUri(uri: string): { mesh: string; name: string } | null {
@@ -24,6 +30,8 @@ export function isValidName(name: string): boolean {
 /** What `ztm-hub endpoints` and `ztm-agent endpoints` print (JSON shape). */
 export interface EndpointInfo {
   name: string;
+  /** The user the endpoint acts for (from its enrolment). */
+  user: string;
   online: boolean;
   /** ISO time of the last session activity, or null if never seen. */
   lastSeen: string | null;

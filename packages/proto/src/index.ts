@@ -10,3 +10,6 @@ export * from './admin-http.js';
 export * from './duration.js';
 export * from './config-schema.js';
 export * from './cli-format.js';
+export * from './tunnel.js';
+export * from './splice.js';
+export * from './h2-io.js';

@@ -52,7 +52,43 @@ export const ErrorMessage = z.strictObject({
   message: z.string().max(1024),
 });
 
-export const AgentMessage = z.discriminatedUnion('type', [Hello, ErrorMessage]);
+const Name = z.string().regex(/^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/);
+const EndpointName = Name;
+
+/** agent → hub, after `welcome` and whenever its outbound ends change: the
+ * whole set (small; replaces the previous one). The hub routes relayed
+ * connections only to outbound ends it was told about here. No answer. */
+export const OutboundEnds = z.strictObject({
+  type: z.literal('outbound-ends'),
+  ends: z
+    .array(
+      z.strictObject({
+        protocol: z.enum(['tcp', 'udp']),
+        name: Name,
+        allowEndpoints: z.array(EndpointName).max(1024).default([]),
+        allowUsers: z.array(Name).max(1024).default([]),
+      }),
+    )
+    .max(4096),
+});
+
+/** agent → hub, after `welcome` and whenever its inbound ends change: for the
+ * hub's status views only. No answer. */
+export const InboundEnds = z.strictObject({
+  type: z.literal('inbound-ends'),
+  ends: z
+    .array(
+      z.strictObject({
+        protocol: z.enum(['tcp', 'udp']),
+        name: Name,
+        listen: z.array(z.string().max(64)).max(64),
+        exits: z.array(EndpointName).max(64).default([]),
+      }),
+    )
+    .max(4096),
+});
+
+export const AgentMessage = z.discriminatedUnion('type', [Hello, OutboundEnds, InboundEnds, ErrorMessage]);
 export const HubMessage = z.discriminatedUnion('type', [Welcome, ReverseRequest, Revoked, ErrorMessage]);
 
 export type Hello = z.infer<typeof Hello>;
@@ -61,6 +97,8 @@ export type ReverseRequest = z.infer<typeof ReverseRequest>;
 export type Revoked = z.infer<typeof Revoked>;
 export type ErrorMessage = z.infer<typeof ErrorMessage>;
 export type AgentMessage = z.infer<typeof AgentMessage>;
+export type OutboundEnds = z.infer<typeof OutboundEnds>;
+export type InboundEnds = z.infer<typeof InboundEnds>;
 export type HubMessage = z.infer<typeof HubMessage>;
 
 /** Validate a decoded value against a schema; a mismatch is a typed error
@@ -69,7 +107,7 @@ export function parseMessage<T>(schema: z.ZodType<T>, value: unknown): T {
   const r = schema.safeParse(value);
   if (r.success) return r.data;
   const issue = r.error.issues[0];
-  const where = issue && issue.path.length ? issue.path.join('.') : '(root)';
+  const where = issue?.path.length ? issue.path.join('.') : '(root)';
   throw new ZtmError(ErrorCodes.BAD_MESSAGE, `bad message at ${where}: ${issue?.message ?? 'invalid'}`);
 }
 

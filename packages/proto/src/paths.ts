@@ -8,9 +8,16 @@
  *                       for the session's life (see messages.ts).
  *   POST /v1/renew      CSR for the same key → a fresh certificate.
  *   GET  /v1/endpoints  the mesh's endpoints (EndpointInfo[]).
+ *   POST /v1/tunnel/{tcp|udp}/NAME
+ *                       a relayed connection from an inbound end (tunnel.ts);
+ *                       optional `ztm-exits` header pins exits.
  *
  * Reverse session (hub → agent, hub is the HTTP/2 client):
  *   POST /v1/ping       body echoed back; the hub measures the round trip.
+ *   POST /v1/tunnel/{tcp|udp}/NAME
+ *                       a relayed connection for the agent's outbound end, with
+ *                       `ztm-source-endpoint` and `ztm-source-user` stamped by
+ *                       the hub from the entrance's certificate.
  *
  * Every request carries `ztm-version`. Errors are `{ error: { code, message } }`
  * with the status from errors.ts.
@@ -26,6 +33,11 @@ export const Paths = {
 export const Headers = {
   version: 'ztm-version',
   contentType: 'content-type',
+  /** Inbound end → hub: comma-separated exits to use, in order of preference. */
+  exits: 'ztm-exits',
+  /** Hub → outbound end: the entrance, from its verified certificate. */
+  sourceEndpoint: 'ztm-source-endpoint',
+  sourceUser: 'ztm-source-user',
 } as const;
 
 export const JSON_CONTENT_TYPE = 'application/json';
@@ -38,6 +50,9 @@ export const AdminPaths = {
   permits: '/permits',
   revoke: '/revoke',
   ping: '/ping',
+  tunnels: '/tunnels',
+  tunnelOpen: '/tunnels/open',
+  tunnelClose: '/tunnels/close',
 } as const;
 
 /** File name of the admin socket inside the data directory. */

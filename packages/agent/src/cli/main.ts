@@ -4,7 +4,22 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { AdminPaths, ConfigError, type EndpointInfo, adminRequest, printTable, reportCliError } from '@ztm/proto';
+import {
+  AdminPaths,
+  ConfigError,
+  type EndpointInfo,
+  ErrorCodes,
+  adminRequest,
+  isZtmError,
+  parseTunnelId,
+  printTable,
+  reportCliError,
+  tunnelKey,
+} from '@ztm/proto';
+import { newEndStats } from '../tunnel/end-stats.js';
+import type { TunnelView } from '../tunnel/tunnel-manager.js';
+import { inboundSpec, outboundSpec, toInbound, toOutbound } from '../tunnel/tunnel-spec.js';
+import { readTunnelFile, writeTunnelFile } from '../tunnel/tunnel-store.js';
 import { createAgent } from '../agent.js';
 import { loadAgentConfig } from '../config/agent-config.js';
 import { agentPaths, defaultAgentDataDir, loadIdentity } from '../identity/identity-store.js';
@@ -121,6 +136,66 @@ export function buildProgram(): Command {
       );
     });
 
+  const tunnel = program.command('tunnel').description('tcp/NAME and udp/NAME port mappings across the mesh');
+  tunnel
+    .command('open <direction> <tunnel>')
+    .description('open an inbound end (local listeners) or an outbound end (targets) of tcp/NAME or udp/NAME')
+    .option('--listen <[ip:]port...>', 'inbound: where to listen (default ip 127.0.0.1); repeatable')
+    .option('--exit <endpoint...>', 'inbound: only use these exits, in this order')
+    .option('--target <host:port...>', 'outbound: where connections go (round-robin); repeatable')
+    .option('--allow-endpoint <endpoint...>', 'outbound: only these entrance endpoints')
+    .option('--allow-user <user...>', 'outbound: only entrances acting for these users')
+    .addOption(dataOption())
+    .option('--json', 'print JSON')
+    .action(async (direction: string, name: string, o: TunnelOpts) => {
+      if (direction !== 'inbound' && direction !== 'outbound') throw new Error(`direction must be inbound or outbound, not ${JSON.stringify(direction)}`);
+      const body =
+        direction === 'inbound'
+          ? { direction, tunnel: name, listen: o.listen ?? [], exits: o.exit ?? [] }
+          : { direction, tunnel: name, targets: o.target ?? [], allowEndpoints: o.allowEndpoint ?? [], allowUsers: o.allowUser ?? [] };
+      if (direction === 'inbound' && (o.target || o.allowEndpoint || o.allowUser))
+        throw new Error('--target, --allow-endpoint and --allow-user belong to outbound ends');
+      if (direction === 'outbound' && (o.listen || o.exit)) throw new Error('--listen and --exit belong to inbound ends');
+      const dir = dataDir(o);
+      let saved = false;
+      const view = await admin<TunnelView>(o, 'POST', AdminPaths.tunnelOpen, body).catch((err) => {
+        if (!isZtmError(err, ErrorCodes.NOT_RUNNING)) throw err;
+        saved = true;
+        return saveOffline(dir, body);
+      });
+      out(!!o.json, view, () =>
+        console.log(
+          saved
+            ? `${direction} ${view.tunnel} saved; it opens when the agent starts (ztm-agent run --data ${dir})`
+            : `${direction} ${view.tunnel} open: ${(view.listen ?? view.targets ?? []).join(', ')}`,
+        ),
+      );
+    });
+  tunnel
+    .command('close <direction> <tunnel>')
+    .description('close an inbound or outbound end')
+    .addOption(dataOption())
+    .action(async (direction: string, name: string, o: { data?: string }) => {
+      if (direction !== 'inbound' && direction !== 'outbound') throw new Error(`direction must be inbound or outbound, not ${JSON.stringify(direction)}`);
+      await admin(o, 'POST', AdminPaths.tunnelClose, { direction, tunnel: name }).catch((err) => {
+        if (!isZtmError(err, ErrorCodes.NOT_RUNNING)) throw err;
+        closeOffline(dataDir(o), direction, name);
+      });
+      console.log(`${direction} ${name} closed`);
+    });
+  tunnel
+    .command('list')
+    .description('tunnel ends here, with live stream counts')
+    .addOption(dataOption())
+    .option('--json', 'print JSON')
+    .action(async (o: { data?: string; json?: boolean }) => {
+      const list = await admin<TunnelView[]>(o, 'GET', AdminPaths.tunnels).catch((err) => {
+        if (!isZtmError(err, ErrorCodes.NOT_RUNNING)) throw err;
+        return listOffline(dataDir(o));
+      });
+      out(!!o.json, list, () => printTunnels(list));
+    });
+
   const config = program.command('config').description('configuration files');
   config
     .command('check')
@@ -132,6 +207,68 @@ export function buildProgram(): Command {
     });
 
   return program;
+}
+
+interface TunnelOpts {
+  listen?: string[];
+  exit?: string[];
+  target?: string[];
+  allowEndpoint?: string[];
+  allowUser?: string[];
+  data?: string;
+  json?: boolean;
+}
+
+/** Agent not running: validate and write tunnels.json; it applies at start. */
+function saveOffline(dir: string, body: Record<string, unknown>): TunnelView {
+  const f = readTunnelFile(dir);
+  if (body.direction === 'inbound') {
+    const end = toInbound(body);
+    f.inbound = [...f.inbound.filter((s) => s.tunnel !== end.key), inboundSpec(end)];
+    writeTunnelFile(dir, f);
+    return { direction: 'inbound', tunnel: end.key, listen: inboundSpec(end).listen, exits: end.exits, state: 'saved', stats: newEndStats() };
+  }
+  const end = toOutbound(body);
+  f.outbound = [...f.outbound.filter((s) => s.tunnel !== end.key), outboundSpec(end)];
+  writeTunnelFile(dir, f);
+  return { direction: 'outbound', ...outboundSpec(end), state: 'saved', stats: newEndStats() };
+}
+
+function closeOffline(dir: string, direction: 'inbound' | 'outbound', name: string): void {
+  const key = tunnelKey(parseTunnelId(name));
+  const f = readTunnelFile(dir);
+  const before = f.inbound.length + f.outbound.length;
+  if (direction === 'inbound') f.inbound = f.inbound.filter((s) => s.tunnel !== key);
+  else f.outbound = f.outbound.filter((s) => s.tunnel !== key);
+  if (f.inbound.length + f.outbound.length === before) throw new Error(`no ${direction} end ${key} in ${dir}`);
+  writeTunnelFile(dir, f);
+}
+
+function listOffline(dir: string): TunnelView[] {
+  const f = readTunnelFile(dir);
+  return [
+    ...f.inbound.map((s) => ({ direction: 'inbound' as const, ...s, state: 'stopped', stats: newEndStats() })),
+    ...f.outbound.map((s) => ({ direction: 'outbound' as const, ...s, state: 'stopped', stats: newEndStats() })),
+  ];
+}
+
+function printTunnels(list: TunnelView[]): void {
+  printTable(
+    list.map((v) => ({
+      DIRECTION: v.direction,
+      TUNNEL: v.tunnel,
+      ADDRESSES: (v.listen ?? v.targets ?? []).join(','),
+      'ALLOW/EXITS': [...(v.exits ?? []), ...(v.allowEndpoints ?? []), ...(v.allowUsers ?? []).map((u) => `user:${u}`)].join(',') || '-',
+      STATE: v.state,
+      OPEN: String(v.stats.open),
+      TOTAL: String(v.stats.total),
+      'BYTES IN/OUT': `${v.stats.bytesIn}/${v.stats.bytesOut}`,
+      FAILURES:
+        Object.entries(v.stats.failures)
+          .map(([k, n]) => `${k.replace('ZTM_ERR_', '')}:${n}`)
+          .join(',') || '-',
+    })),
+  );
 }
 
 export async function main(argv: string[]): Promise<void> {

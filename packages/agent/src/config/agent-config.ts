@@ -15,6 +15,24 @@ export const AgentConfigSchema = z.strictObject({
   keepaliveTimeout: durationMs('15s'),
   reconnectBase: durationMs('250ms'),
   reconnectMax: durationMs('30s'),
+  /** Tunnel ends declared here are opened at start (run-time ones persist in tunnels.json). */
+  tunnels: z
+    .strictObject({
+      inbound: z.array(z.strictObject({ tunnel: z.string(), listen: z.array(z.string()).min(1), exits: z.array(z.string()).default([]) })).default([]),
+      outbound: z
+        .array(
+          z.strictObject({
+            tunnel: z.string(),
+            targets: z.array(z.string()).min(1),
+            allowEndpoints: z.array(z.string()).default([]),
+            allowUsers: z.array(z.string()).default([]),
+          }),
+        )
+        .default([]),
+    })
+    .default({ inbound: [], outbound: [] }),
+  /** UDP flows idle this long are closed. */
+  udpIdleTimeout: durationMs('60s'),
 });
 
 export type AgentConfigInput = z.input<typeof AgentConfigSchema>;

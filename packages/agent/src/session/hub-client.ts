@@ -12,6 +12,7 @@ import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 import {
+  type AgentMessage,
   ALPN_REVERSE,
   ALPN_SESSION,
   type ErrorCode,
@@ -107,6 +108,21 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       reverse: this.#reverse !== undefined && !this.#reverse.destroyed,
       lastError: this.#lastError ?? null,
     };
+  }
+
+  /** Send a control message on the live session (dropped while offline: the
+   * full state is re-sent on every `online`). */
+  sendControl(message: AgentMessage): void {
+    const c = this.#conn;
+    if (!c || c.dead || c.control.destroyed) return;
+    c.control.write(encodeFrame(message));
+  }
+
+  /** Open a stream on the main session (relayed connections). */
+  openStream(headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
+    const c = this.#conn;
+    if (!c || c.dead || this.#state !== 'online') throw new ZtmError(ErrorCodes.OFFLINE, `not connected to the hub (${this.#lastError ?? this.#state})`);
+    return c.session.request({ ':method': 'POST', [Headers.version]: String(PROTOCOL_VERSION), ...headers });
   }
 
   /** Swap the certificate used for new connections (after renewal), and move

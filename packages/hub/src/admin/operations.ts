@@ -20,13 +20,14 @@ export interface OperationsContext {
 
 const iso = (ms: number | null | undefined): string | null => (ms == null ? null : new Date(ms).toISOString());
 
-export function createPermit(ctx: OperationsContext, endpoint: string, ttlMs: number): Permit {
+export function createPermit(ctx: OperationsContext, endpoint: string, ttlMs: number, user: string = endpoint): Permit {
   if (!isValidName(endpoint)) {
     throw new ZtmError(
       ErrorCodes.BAD_REQUEST,
       `endpoint name ${JSON.stringify(endpoint)} is not valid: use lowercase letters, digits, '.', '-' or '_' (at most 63, starting and ending with a letter or digit)`,
     );
   }
+  if (!isValidName(user)) throw new ZtmError(ErrorCodes.BAD_REQUEST, `user name ${JSON.stringify(user)} is not valid (same rules as endpoint names)`);
   if (!(ttlMs > 0)) throw new ZtmError(ErrorCodes.BAD_REQUEST, 'permit ttl must be positive (e.g. 1h)');
   const now = ctx.now?.() ?? Date.now();
   const token = randomBytes(32).toString('base64url');
@@ -42,7 +43,7 @@ export function createPermit(ctx: OperationsContext, endpoint: string, ttlMs: nu
     expires: new Date(now + ttlMs).toISOString(),
   };
   const signature = ctx.ca.signBytes(permitSigningBytes(unsigned));
-  ctx.registry.addPermit(tokenSha256(token), endpoint, now, now + ttlMs);
+  ctx.registry.addPermit(tokenSha256(token), endpoint, user, now, now + ttlMs);
   return { ...unsigned, signature };
 }
 
@@ -53,6 +54,7 @@ export function listEndpoints(ctx: OperationsContext): EndpointInfo[] {
     const cert = live ? { not_after: live.identity.certNotAfter } : ctx.registry.latestCertificate(ep.name);
     return {
       name: ep.name,
+      user: ep.user,
       online: live !== undefined && live.state === 'online',
       lastSeen: live ? iso(now) : iso(ep.last_seen),
       certExpires: iso(cert?.not_after),

@@ -5,7 +5,7 @@
  */
 import { X509Certificate, createHash, createPrivateKey, sign } from 'node:crypto';
 import { isIP } from 'node:net';
-import { ErrorCodes, ZtmError, endpointUri } from '@ztm/proto';
+import { ErrorCodes, ZtmError, endpointUri, userUri } from '@ztm/proto';
 import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, x509 } from './x509.js';
 
 export interface KeyAndCert {
@@ -122,7 +122,7 @@ export class CertificateAuthority {
 
   /** Issue an endpoint's client certificate. Identity (CN, SAN URI) comes from
    * the hub's records, never from the CSR's subject. */
-  async issueEndpointCertificate(csr: x509.Pkcs10CertificateRequest, endpoint: string, lifetimeMs: number): Promise<IssuedCertificate> {
+  async issueEndpointCertificate(csr: x509.Pkcs10CertificateRequest, endpoint: string, user: string, lifetimeMs: number): Promise<IssuedCertificate> {
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: randomSerial(),
@@ -137,7 +137,10 @@ export class CertificateAuthority {
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
-        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: endpointUri(this.mesh, endpoint) }]),
+        new x509.SubjectAlternativeNameExtension([
+          { type: 'url', value: endpointUri(this.mesh, endpoint) },
+          { type: 'url', value: userUri(this.mesh, user) },
+        ]),
       ],
     });
     const pem = cert.toString('pem');

@@ -113,14 +113,15 @@ export function buildProgram(): Command {
     .addOption(dataOption())
     .option('--ttl <duration>', 'how long the permit stays valid', '1h')
     .option('--out <file>', 'write the permit here (0600) instead of stdout')
-    .action(async (name: string, o: { data?: string; ttl: string; out?: string }) => {
+    .option('--user <user>', 'the user this endpoint acts for (tunnel allow-lists name users); default: the endpoint name')
+    .action(async (name: string, o: { data?: string; ttl: string; out?: string; user?: string }) => {
       const ttlMs = parseDurationMs(o.ttl);
       if (ttlMs === null || ttlMs <= 0) throw new Error(`--ttl ${o.ttl} is not a duration (like 30m, 1h, 7d)`);
       const dir = dataDir(o);
-      const p = await viaAdminOr<Permit>(dir, { method: 'POST', path: AdminPaths.permits, body: { name, ttl: o.ttl } }, () => {
+      const p = await viaAdminOr<Permit>(dir, { method: 'POST', path: AdminPaths.permits, body: { name, ttl: o.ttl, user: o.user } }, () => {
         const { ctx, close } = offlineCtx(dir);
         try {
-          return createPermit(ctx, name, ttlMs);
+          return createPermit(ctx, name, ttlMs, o.user ?? name);
         } finally {
           close();
         }

@@ -43,10 +43,12 @@ export async function enrol(deps: EnrolDeps, permitRaw: unknown, csrPem: string)
       `endpoint name ${permit.endpoint} is already enrolled with another key; revoke it first (ztm-hub revoke ${permit.endpoint}) if this device replaces it`,
     );
   }
-  const cert = await deps.ca.issueEndpointCertificate(csr, permit.endpoint, deps.certLifetimeMs);
+  const user = row.user ?? permit.endpoint;
+  const cert = await deps.ca.issueEndpointCertificate(csr, permit.endpoint, user, deps.certLifetimeMs);
   deps.registry.recordEnrolment({
     tokenSha256: hash,
     endpoint: permit.endpoint,
+    user,
     spkiSha256,
     serial: cert.serial,
     notBefore: cert.notBefore,
@@ -71,7 +73,7 @@ export async function renew(deps: EnrolDeps, endpoint: string, csrPem: string): 
   if (spkiSha256 !== ep.spki_sha256) {
     throw new ZtmError(ErrorCodes.FORBIDDEN, 'renewal must keep the enrolled key; enrol again with a new permit to change keys');
   }
-  const cert = await deps.ca.issueEndpointCertificate(csr, endpoint, deps.certLifetimeMs);
+  const cert = await deps.ca.issueEndpointCertificate(csr, endpoint, ep.user, deps.certLifetimeMs);
   deps.registry.recordRenewal(endpoint, cert, now);
   return { certificate: cert.certPem, certExpires: new Date(cert.notAfter).toISOString() };
 }

@@ -29,4 +29,10 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX certificates_by_endpoint ON certificates(endpoint);
   `,
+  // 2: the user an endpoint acts for (tunnel allow-lists name users)
+  `
+  ALTER TABLE permits ADD COLUMN user TEXT;
+  ALTER TABLE endpoints ADD COLUMN user TEXT NOT NULL DEFAULT '';
+  UPDATE endpoints SET user = name WHERE user = '';
+  `,
 ];

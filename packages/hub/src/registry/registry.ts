@@ -13,10 +13,12 @@ export interface PermitRow {
   created_at: number;
   expires_at: number;
   used_at: number | null;
+  user: string | null;
 }
 
 export interface EndpointRow {
   name: string;
+  user: string;
   spki_sha256: string;
   enrolled_at: number;
   revoked_at: number | null;
@@ -37,6 +39,7 @@ export interface CertificateRow {
 export interface EnrolmentRecord {
   tokenSha256: string;
   endpoint: string;
+  user: string;
   spkiSha256: string;
   serial: string;
   notBefore: number;
@@ -59,14 +62,14 @@ export class Registry {
     this.#stmts = {
       getMeta: db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?'),
       setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
-      insertPermit: db.prepare('INSERT INTO permits (token_sha256, endpoint, created_at, expires_at) VALUES (?, ?, ?, ?)'),
+      insertPermit: db.prepare('INSERT INTO permits (token_sha256, endpoint, created_at, expires_at, user) VALUES (?, ?, ?, ?, ?)'),
       getPermit: db.prepare<[string], PermitRow>('SELECT * FROM permits WHERE token_sha256 = ?'),
       usePermit: db.prepare('UPDATE permits SET used_at = ? WHERE token_sha256 = ? AND used_at IS NULL'),
       getEndpoint: db.prepare<[string], EndpointRow>('SELECT * FROM endpoints WHERE name = ?'),
       listEndpoints: db.prepare<[], EndpointRow>('SELECT * FROM endpoints ORDER BY name'),
       upsertEndpoint: db.prepare(
-        `INSERT INTO endpoints (name, spki_sha256, enrolled_at) VALUES (?, ?, ?)
-         ON CONFLICT(name) DO UPDATE SET spki_sha256 = excluded.spki_sha256, enrolled_at = excluded.enrolled_at, revoked_at = NULL`,
+        `INSERT INTO endpoints (name, spki_sha256, enrolled_at, user) VALUES (?, ?, ?, ?)
+         ON CONFLICT(name) DO UPDATE SET spki_sha256 = excluded.spki_sha256, enrolled_at = excluded.enrolled_at, user = excluded.user, revoked_at = NULL`,
       ),
       insertCert: db.prepare('INSERT INTO certificates (serial, endpoint, spki_sha256, not_before, not_after, issued_at) VALUES (?, ?, ?, ?, ?, ?)'),
       getCert: db.prepare<[string], CertificateRow>('SELECT * FROM certificates WHERE serial = ?'),
@@ -102,8 +105,8 @@ export class Registry {
     this.#stmts.setMeta.run(key, value);
   }
 
-  addPermit(tokenSha256: string, endpoint: string, now: number, expiresAt: number): void {
-    this.#stmts.insertPermit.run(tokenSha256, endpoint, now, expiresAt);
+  addPermit(tokenSha256: string, endpoint: string, user: string, now: number, expiresAt: number): void {
+    this.#stmts.insertPermit.run(tokenSha256, endpoint, now, expiresAt, user);
   }
 
   getPermit(tokenSha256: string): PermitRow | undefined {
@@ -137,7 +140,7 @@ export class Registry {
       if (ep && ep.revoked_at === null && ep.spki_sha256 !== r.spkiSha256) {
         throw new ZtmError(ErrorCodes.NAME_TAKEN, `endpoint name ${r.endpoint} is held by another key`);
       }
-      this.#stmts.upsertEndpoint.run(r.endpoint, r.spkiSha256, r.now);
+      this.#stmts.upsertEndpoint.run(r.endpoint, r.spkiSha256, r.now, r.user);
       this.#stmts.insertCert.run(r.serial, r.endpoint, r.spkiSha256, r.notBefore, r.notAfter, r.now);
     })();
   }

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import { constants as h2 } from 'node:http2';
-import { ErrorCodes, type HubMessage, Headers, PROTOCOL_VERSION, ZtmError, encodeFrame } from '@ztm/proto';
+import { ErrorCodes, type HubMessage, Headers, type InboundEnds, PROTOCOL_VERSION, ZtmError, encodeFrame } from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { PeerIdentity } from './peer-identity.js';
 
@@ -16,6 +16,11 @@ import type { PeerIdentity } from './peer-identity.js';
  * session is dropped: we never buffer without bound for a slow peer. */
 const MAX_CONTROL_BACKLOG_BYTES = 1024 * 1024;
 const REVERSE_WAIT_MS = 5_000;
+
+export interface OutboundEndPolicy {
+  allowEndpoints: ReadonlySet<string>;
+  allowUsers: ReadonlySet<string>;
+}
 
 export type SessionState = 'handshaking' | 'online' | 'closed';
 
@@ -28,6 +33,11 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   readonly log: Logger;
   state: SessionState = 'handshaking';
   labels: Record<string, string> = {};
+  /** The agent's outbound ends, by tunnel key (tcp/NAME), as it last told us. */
+  outbound = new Map<string, OutboundEndPolicy>();
+  inbound: InboundEnds['ends'] = [];
+  /** Relayed streams through this session now (as entrance or exit). */
+  streamsOpen = 0;
   lastAckAt = Date.now();
   pingOutstanding = false;
   rttMs: number | null = null;
@@ -48,6 +58,10 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
 
   get endpoint(): string {
     return this.identity.endpoint;
+  }
+
+  get user(): string {
+    return this.identity.user;
   }
 
   get closed(): boolean {

@@ -16,12 +16,16 @@ import {
   encodeFrame,
   parseMessage,
   toZtmError,
+  tunnelFromPath,
+  readStreamJson,
+  respondError,
+  respondJson,
 } from '@ztm/proto';
 import { renew, type EnrolDeps } from '../enrol/enrolment.js';
 import { listEndpoints, type OperationsContext } from '../admin/operations.js';
 import type { AgentSession } from './agent-session.js';
+import { type RelayDeps, relayConnection } from '../relay/tunnel-relay.js';
 import type { SessionManager } from './session-manager.js';
-import { readStreamJson, respondError, respondJson } from './stream-io.js';
 
 export interface MainRouteDeps {
   enrol: EnrolDeps;
@@ -30,6 +34,7 @@ export interface MainRouteDeps {
   mesh: string;
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
+  relay: RelayDeps;
 }
 
 export function handleMainStream(deps: MainRouteDeps, session: AgentSession, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
@@ -37,6 +42,12 @@ export function handleMainStream(deps: MainRouteDeps, session: AgentSession, str
   const path = headers[':path'];
   stream.on('error', () => {}); // resets are normal; the session logs what matters
   if (method === 'POST' && path === Paths.control) return void openControl(deps, session, stream);
+  const tunnel = method === 'POST' ? tunnelFromPath(path) : null;
+  if (tunnel) {
+    if (session.state !== 'online') respondError(stream, new ZtmError(ErrorCodes.BAD_REQUEST, 'say hello on the control stream first'));
+    else void relayConnection(deps.relay, session, stream, headers, tunnel);
+    return;
+  }
   void (async () => {
     try {
       if (method === 'POST' && path === Paths.renew) {
@@ -74,6 +85,9 @@ function openControl(deps: MainRouteDeps, session: AgentSession, stream: ServerH
       try {
         const msg = parseMessage(AgentMessage, f);
         if (msg.type === 'hello') onHello(deps, session, msg.version, msg.labels);
+        else if (session.state !== 'online') throw new ZtmError(ErrorCodes.BAD_MESSAGE, `${msg.type} before hello`);
+        else if (msg.type === 'outbound-ends') deps.sessions.setOutbound(session, msg.ends);
+        else if (msg.type === 'inbound-ends') session.inbound = msg.ends;
         else session.log.warn({ code: msg.code, reason: msg.message }, 'agent reported an error');
       } catch (err) {
         return fail(err);

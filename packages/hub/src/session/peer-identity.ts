@@ -11,6 +11,8 @@ import type { Registry } from '../registry/registry.js';
 
 export interface PeerIdentity {
   endpoint: string;
+  /** The user the endpoint acts for (allow-lists name users); from the registry. */
+  user: string;
   serial: string;
   spkiSha256: string;
   certNotAfter: number;
@@ -58,5 +60,5 @@ export function identifyPeer(socket: TLSSocket, registry: Registry, mesh: string
   }
   const notAfter = Date.parse(cert.validTo);
   if (notAfter <= now) return { kind: 'refused', error: new ZtmError(ErrorCodes.UNAUTHENTICATED, 'certificate expired: enrol again') };
-  return { kind: 'endpoint', identity: { endpoint: id.name, serial, spkiSha256: spki, certNotAfter: notAfter } };
+  return { kind: 'endpoint', identity: { endpoint: id.name, user: ep.user, serial, spkiSha256: spki, certNotAfter: notAfter } };
 }

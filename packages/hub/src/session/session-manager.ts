@@ -2,7 +2,7 @@
  * The live sessions, one per endpoint, and the one sweep timer that drives
  * keepalive for all of them (a timer per session cost twice the idle CPU).
  */
-import { ErrorCodes, ZtmError } from '@ztm/proto';
+import { ErrorCodes, type OutboundEnds, ZtmError } from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { Registry } from '../registry/registry.js';
 import type { AgentSession } from './agent-session.js';
@@ -17,6 +17,10 @@ export interface SessionManagerOptions {
 
 export class SessionManager {
   readonly #byEndpoint = new Map<string, AgentSession>();
+  /** Tunnel key → sessions holding an outbound end of it: exit lookup is
+   * O(exits of that tunnel), not O(sessions). */
+  readonly #exits = new Map<string, Set<AgentSession>>();
+  readonly #rr = new Map<string, number>();
   readonly #opts: SessionManagerOptions;
   readonly #timer: NodeJS.Timeout;
 
@@ -48,12 +52,60 @@ export class SessionManager {
     session.lastAckAt = this.#now();
     this.#opts.registry.touch(session.endpoint, this.#now(), session.address);
     session.once('close', () => {
+      this.setOutbound(session, []);
       if (this.#byEndpoint.get(session.endpoint) === session) {
         this.#byEndpoint.delete(session.endpoint);
         this.#opts.registry.touch(session.endpoint, this.#now(), null);
       }
     });
     if (old && old !== session) old.close('replaced by a newer session');
+  }
+
+  /** Replace a session's outbound ends (from its `outbound-ends` message). */
+  setOutbound(session: AgentSession, ends: OutboundEnds['ends']): void {
+    for (const key of session.outbound.keys()) {
+      const set = this.#exits.get(key);
+      set?.delete(session);
+      if (set?.size === 0) this.#exits.delete(key);
+    }
+    session.outbound.clear();
+    if (session.closed) return;
+    for (const e of ends) {
+      const key = `${e.protocol}/${e.name}`;
+      session.outbound.set(key, { allowEndpoints: new Set(e.allowEndpoints), allowUsers: new Set(e.allowUsers) });
+      let set = this.#exits.get(key);
+      if (!set) {
+        set = new Set();
+        this.#exits.set(key, set);
+      }
+      set.add(session);
+    }
+  }
+
+  /** Exits for a relayed connection from `source`: online sessions holding an
+   * outbound end of `key` whose allow-lists accept the source's certificate
+   * identity. Pinned exits restrict the choice and keep their order; otherwise
+   * round-robin. `refused` counts holders whose allow-list said no. */
+  exitsFor(key: string, source: AgentSession, pinned: readonly string[]): { exits: AgentSession[]; refused: number } {
+    let holders: AgentSession[];
+    if (pinned.length > 0) {
+      holders = pinned.map((p) => this.#byEndpoint.get(p)).filter((s): s is AgentSession => !!s && s.outbound.has(key));
+    } else {
+      holders = [...(this.#exits.get(key) ?? [])];
+      const start = this.#rr.get(key) ?? 0;
+      this.#rr.set(key, start + 1);
+      if (holders.length > 1) {
+        const k = start % holders.length;
+        holders = [...holders.slice(k), ...holders.slice(0, k)];
+      }
+    }
+    const exits = holders.filter((s) => {
+      if (s.closed || s.state !== 'online') return false;
+      const p = s.outbound.get(key);
+      if (!p) return false;
+      return (p.allowEndpoints.size === 0 || p.allowEndpoints.has(source.endpoint)) && (p.allowUsers.size === 0 || p.allowUsers.has(source.user));
+    });
+    return { exits, refused: holders.length - exits.length };
   }
 
   /** Revoke: tell the agent why, then drop the session at once. */

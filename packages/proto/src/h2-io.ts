@@ -1,6 +1,9 @@
 /** Small helpers to answer HTTP/2 streams with JSON and typed errors. */
 import type { ServerHttp2Stream } from 'node:http2';
-import { ErrorCodes, JSON_CONTENT_TYPE, MAX_REQUEST_BODY_BYTES, ZtmError, errorHttpStatus, readJsonBody, toZtmError } from '@ztm/proto';
+import { readJsonBody } from './admin-http.js';
+import { ErrorCodes, ZtmError, errorHttpStatus, toZtmError } from './errors.js';
+import { MAX_REQUEST_BODY_BYTES } from './limits.js';
+import { JSON_CONTENT_TYPE } from './paths.js';
 
 export function respondJson(stream: ServerHttp2Stream, status: number, body: unknown): void {
   if (stream.destroyed || stream.closed) return;

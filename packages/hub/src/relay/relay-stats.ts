@@ -1,0 +1,45 @@
+/** Counters of the hub's relay, per tunnel: for status views and metrics. */
+export interface TunnelCounters {
+  open: number;
+  total: number;
+  bytesIn: number;
+  bytesOut: number;
+  closes: Record<string, number>;
+  refusals: Record<string, number>;
+}
+
+export class RelayStats {
+  readonly byTunnel = new Map<string, TunnelCounters>();
+
+  #get(key: string): TunnelCounters {
+    let c = this.byTunnel.get(key);
+    if (!c) {
+      c = { open: 0, total: 0, bytesIn: 0, bytesOut: 0, closes: {}, refusals: {} };
+      this.byTunnel.set(key, c);
+    }
+    return c;
+  }
+
+  opened(key: string): void {
+    const c = this.#get(key);
+    c.open++;
+    c.total++;
+  }
+
+  closed(key: string, reason: string, bytesIn: number, bytesOut: number): void {
+    const c = this.#get(key);
+    c.open--;
+    c.bytesIn += bytesIn;
+    c.bytesOut += bytesOut;
+    c.closes[reason] = (c.closes[reason] ?? 0) + 1;
+  }
+
+  refused(key: string, code: string): void {
+    const c = this.#get(key);
+    c.refusals[code] = (c.refusals[code] ?? 0) + 1;
+  }
+
+  snapshot(): Record<string, TunnelCounters> {
+    return Object.fromEntries(this.byTunnel);
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * The hub's relay: a stream from an entrance (inbound end) is matched with a
+ * stream to an exit (outbound end) over the exit's reverse session, then the
+ * two are spliced. The exit is chosen with identities from certificates only;
+ * the source endpoint and user the exit sees are stamped here.
+ */
+import type { ClientHttp2Stream, IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import { constants as h2 } from 'node:http2';
+import { ErrorCodes, Headers, type TunnelId, ZtmError, fromWire, readJsonBody, splice, tunnelKey, tunnelPath } from '@ztm/proto';
+import { respondError } from '@ztm/proto';
+import type { Logger } from '../log.js';
+import type { AgentSession } from '../session/agent-session.js';
+import type { SessionManager } from '../session/session-manager.js';
+import type { RelayStats } from './relay-stats.js';
+
+/** How long an exit may take to connect to its target and answer. */
+const EXIT_ANSWER_TIMEOUT_MS = 15_000;
+
+export interface RelayDeps {
+  sessions: SessionManager;
+  stats: RelayStats;
+  log: Logger;
+}
+
+export async function relayConnection(
+  deps: RelayDeps,
+  source: AgentSession,
+  inbound: ServerHttp2Stream,
+  headers: IncomingHttpHeaders,
+  tunnel: TunnelId,
+): Promise<void> {
+  const key = tunnelKey(tunnel);
+  const pinned = String(headers[Headers.exits] ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const { exits, refused } = deps.sessions.exitsFor(key, source, pinned);
+  if (exits.length === 0) {
+    const err =
+      refused > 0
+        ? new ZtmError(ErrorCodes.FORBIDDEN, `${key}: no exit allows endpoint ${source.endpoint} (user ${source.user})`)
+        : new ZtmError(ErrorCodes.NO_EXIT, `${key}: no online endpoint holds an outbound end${pinned.length ? ` among ${pinned.join(', ')}` : ''}`);
+    deps.stats.refused(key, err.code);
+    deps.log.info({ tunnel: key, source: source.endpoint, code: err.code, reason: err.message }, 'relay refused');
+    return respondError(inbound, err);
+  }
+
+  let aborted = false;
+  inbound.once('close', () => {
+    aborted = true;
+  });
+  let lastError: ZtmError | undefined;
+  for (const exit of exits) {
+    if (aborted) return;
+    let outbound: ClientHttp2Stream;
+    try {
+      outbound = await exit.openStream(tunnelPath(tunnel), { [Headers.sourceEndpoint]: source.endpoint, [Headers.sourceUser]: source.user });
+    } catch (err) {
+      lastError = err instanceof ZtmError ? err : new ZtmError(ErrorCodes.OFFLINE, (err as Error).message);
+      continue;
+    }
+    const answer = await exitAnswer(outbound);
+    if (answer === null) {
+      if (aborted) {
+        outbound.close(h2.NGHTTP2_CANCEL);
+        return;
+      }
+      source.streamsOpen++;
+      exit.streamsOpen++;
+      deps.stats.opened(key);
+      inbound.respond({ ':status': 200 });
+      splice({ stream: inbound, reset: () => inbound.close(h2.NGHTTP2_CANCEL) }, { stream: outbound, reset: () => outbound.close(h2.NGHTTP2_CANCEL) }, (r) => {
+        source.streamsOpen--;
+        exit.streamsOpen--;
+        deps.stats.closed(key, r.end === 'done' ? 'closed' : 'reset', r.bytesAtoB, r.bytesBtoA);
+        deps.log.debug(
+          {
+            tunnel: key,
+            source: source.endpoint,
+            exit: exit.endpoint,
+            bytesIn: r.bytesAtoB,
+            bytesOut: r.bytesBtoA,
+            durationMs: r.durationMs,
+            end: r.end,
+            reason: r.reason,
+          },
+          'stream closed',
+        );
+      });
+      return;
+    }
+    lastError = answer;
+    deps.log.info({ tunnel: key, source: source.endpoint, exit: exit.endpoint, code: answer.code, reason: answer.message }, 'exit refused; trying next');
+  }
+  const err = lastError ?? new ZtmError(ErrorCodes.NO_EXIT, `${key}: no exit answered`);
+  deps.stats.refused(key, err.code);
+  respondError(inbound, err);
+}
+
+/** null when the exit answered 200; the exit's error otherwise. */
+function exitAnswer(out: ClientHttp2Stream): Promise<ZtmError | null> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      out.close(h2.NGHTTP2_CANCEL);
+      resolve(new ZtmError(ErrorCodes.TIMEOUT, 'exit did not answer in time'));
+    }, EXIT_ANSWER_TIMEOUT_MS);
+    const onClose = () => {
+      clearTimeout(timer);
+      resolve(new ZtmError(ErrorCodes.OFFLINE, 'exit closed the stream without answering'));
+    };
+    out.on('error', () => {});
+    out.once('close', onClose);
+    out.once('response', (h) => {
+      clearTimeout(timer);
+      out.off('close', onClose);
+      const status = Number(h[':status']);
+      if (status === 200) return resolve(null);
+      readJsonBody(out)
+        .then((body) => resolve(fromWire(body, status)))
+        .catch(() => resolve(new ZtmError(ErrorCodes.TARGET_UNREACHABLE, `exit answered ${status}`)));
+    });
+  });
+}
