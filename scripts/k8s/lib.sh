@@ -12,13 +12,14 @@ K8S_VERSION="${ZTM_K8S_VERSION:-v1.36.3}"
 # MCS API module whose config/crd/*.yaml are installed (ServiceExport/Import).
 MCS_API_VERSION="${ZTM_MCS_API_VERSION:-v0.5.2}"
 # etcd: built from the proxy at the version kubernetes' own go.mod pins
-# (go.etcd.io/etcd/server/v3), see README.md for why not Debian's 3.4.
+# (go.etcd.io/etcd/server/v3). ZTM_K8S_ETCD=debian uses Debian's etcd-server
+# package (3.4.23 on bookworm) instead; see README.md.
 ETCD_MODULE="go.etcd.io/etcd/server/v3"
 # Optional KWOK (fake nodes that run pods: Running, with pod IPs), built with
 # `go install sigs.k8s.io/kwok/cmd/kwok@KWOK_VERSION`; stages = its "fast" set.
 KWOK_VERSION="${ZTM_KWOK_VERSION:-v0.8.0}"
 
-K8S_CACHE_ROOT="${ZTM_K8S_CACHE:-$HOME/.cache/ztm-k8s}"
+K8S_CACHE_ROOT="${ZTM_K8S_CACHE:-${HOME:-/root}/.cache/ztm-k8s}"
 K8S_CACHE="$K8S_CACHE_ROOT/$K8S_VERSION"
 K8S_BIN="$K8S_CACHE/bin"
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
@@ -137,13 +138,21 @@ k8s_build_k8s() {
 	k8s_need_cmd go golang-go
 	k8s_go_env
 
-	local started src kmod minor ver staging
+	local started src out kmod minor ver staging need have
 	started=$(date +%s)
 	src="$K8S_CACHE/src"
-	mkdir -p "$src" "$K8S_BIN"
-	log "building Kubernetes $K8S_VERSION + etcd from the Go module proxy into $K8S_BIN (first time only; 10-30 min on 2 cores)"
+	out="$src/out"
+	rm -rf "$out"
+	mkdir -p "$src" "$out" "$K8S_BIN"
+	log "building Kubernetes $K8S_VERSION + etcd from the Go module proxy into $K8S_BIN (first time only; ~5-10 min on 2 cores)"
 
 	kmod="$(k8s_go_mod_file k8s.io/kubernetes "$K8S_VERSION")"
+	need="$(sed -n 's/^go \([0-9][0-9.]*\)$/\1/p' "$kmod")"
+	have="$(go env GOVERSION)"
+	have="${have#go}"
+	if [ -n "$need" ] && [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
+		die "k8s.io/kubernetes $K8S_VERSION needs Go >= $need, this is Go $have"
+	fi
 	# Staging modules are published as v0.<minor>.<patch>.
 	ver="v0.${K8S_VERSION#v1.}"
 	staging="$(sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\) => \./staging/src/.*#\1#p' "$kmod" | sort -u)"
@@ -200,22 +209,31 @@ EOF
 	done
 
 	log "go build (log: $src/build.log)"
-	if ! (cd "$src" && go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/" \
+	if ! (cd "$src" && go build -trimpath -ldflags "$ldflags" -o "$out/" \
 		k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler \
 		k8s.io/kubernetes/cmd/kubectl >"$src/build.log" 2>&1); then
 		die "go build of Kubernetes $K8S_VERSION failed (see $src/build.log)"
 	fi
-	if ! (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$K8S_BIN/etcd" "$ETCD_MODULE" >>"$src/build.log" 2>&1); then
+	local k8s_done
+	k8s_done=$(date +%s)
+	if ! (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" "$ETCD_MODULE" >>"$src/build.log" 2>&1); then
 		die "go build of etcd ($ETCD_MODULE $etcd_ver) failed (see $src/build.log)"
 	fi
+	local b
+	for b in "${K8S_BINARIES[@]}"; do
+		[ -x "$out/$b" ] || die "go build produced no $b (see $src/build.log)"
+		mv -f "$out/$b" "$K8S_BIN/$b"
+	done
+	rmdir "$out" 2>/dev/null || true
 	{
 		echo "kubernetes $K8S_VERSION"
 		echo "staging $ver"
 		echo "etcd $etcd_ver"
 		echo "go $(go env GOVERSION)"
 		echo "build_seconds $(($(date +%s) - started))"
+		echo "etcd_build_seconds $(($(date +%s) - k8s_done))"
 	} >"$K8S_CACHE/VERSIONS"
 	k8s_binaries_present || die "build finished but binaries are missing in $K8S_BIN"
 	log "built in $(($(date +%s) - started)) s"

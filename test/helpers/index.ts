@@ -4,7 +4,8 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,12 +20,15 @@ export const HUB_BIN = join(root, 'packages/hub/bin/ztm-hub.js');
 export const AGENT_BIN = join(root, 'packages/agent/bin/ztm-agent.js');
 
 const dirs = new WeakMap<object, string>();
-/** The test's fixture directory, made once (t.testdir() wipes it on each call). */
+/** The test's own directory, made once and removed at teardown. Short, under
+ * the system temp dir: Unix socket paths (admin.sock) must fit in 107 bytes. */
 export function testDir(t: T): string {
   let d = dirs.get(t);
   if (!d) {
-    d = t.testdir();
+    const made = mkdtempSync(join(tmpdir(), 'ztm-t-'));
+    d = made;
     dirs.set(t, d);
+    t.teardown(() => rmSync(made, { recursive: true, force: true }));
   }
   return d;
 }
@@ -110,8 +114,15 @@ export class Daemon {
       .map((l) => JSON.parse(l) as Record<string, unknown>);
   }
 
-  async waitLog(match: (l: Record<string, unknown>) => boolean, timeoutMs = 10_000): Promise<Record<string, unknown>> {
-    return waitFor(() => this.logs().find(match), { timeoutMs, what: 'log line' });
+  async waitLog(match: (l: Record<string, unknown>) => boolean, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+    return waitFor(
+      () => {
+        const hit = this.logs().find(match);
+        if (!hit && !this.running) throw new Error(`process exited (${this.child.exitCode ?? this.child.signalCode}): ${this.stderr.trim()}`);
+        return hit;
+      },
+      { timeoutMs, what: `log line (stderr: ${this.stderr.trim().slice(0, 300)})` },
+    );
   }
 
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number | null> {

@@ -20,7 +20,7 @@ import {
   Paths,
   SUPPORTED_VERSIONS,
   ZtmError,
-  http2Settings,
+  http2SessionOptions,
   isValidName,
   parseDurationMs,
   parseMessage,
@@ -84,7 +84,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
   };
   let anonymous = 0;
   let adminServer: HttpServer | undefined;
-  const h2Options: http2.ServerOptions = { settings: http2Settings, maxSessionMemory: 64 };
+  const h2Options: http2.ServerOptions = http2SessionOptions;
 
   const server = tls.createServer({
     key: deps.serverCert.keyPem,
@@ -113,7 +113,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
         socket.destroy();
         return;
       }
-      const reverse = http2.connect(`https://${live.endpoint}.reverse`, { createConnection: () => socket, settings: http2Settings });
+      const reverse = http2.connect(`https://${live.endpoint}.reverse`, { createConnection: () => socket, ...http2SessionOptions });
       reverse.on('connect', () => reverse.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
       live.attachReverse(reverse);
       return;

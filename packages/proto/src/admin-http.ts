@@ -67,6 +67,9 @@ export async function readJsonBody(src: NodeJS.ReadableStream & { destroy?: (e?:
   }
 }
 
+/** sun_path holds 108 bytes on Linux, including the terminating NUL. */
+export const MAX_UNIX_SOCKET_PATH_BYTES = 107;
+
 export type AdminHandler = (body: unknown, url: URL) => Promise<unknown> | unknown;
 /** Routes keyed by "METHOD /path". */
 export type AdminRoutes = Record<string, AdminHandler>;
@@ -77,6 +80,12 @@ export interface AdminLog {
 /** Serve the admin API on a Unix socket that only the owner may use (0600
  * from the first moment: created under umask 0177). */
 export async function startAdminServer(socketPath: string, routes: AdminRoutes, log: AdminLog): Promise<Server> {
+  if (Buffer.byteLength(socketPath) > MAX_UNIX_SOCKET_PATH_BYTES) {
+    throw new ZtmError(
+      ErrorCodes.CONFIG,
+      `admin socket path ${socketPath} is ${Buffer.byteLength(socketPath)} bytes, over the ${MAX_UNIX_SOCKET_PATH_BYTES} a Unix socket allows: use a shorter --data directory`,
+    );
+  }
   if (existsSync(socketPath)) {
     // A live daemon answers on it: refuse to run twice on one data directory.
     const alive = await new Promise<boolean>((resolve) => {

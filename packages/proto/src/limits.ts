@@ -30,6 +30,13 @@ export const HTTP2_MAX_HEADER_LIST_BYTES = 16 * 1024;
  * third less hub CPU per Gbit/s, by moving bigger writes per syscall. */
 export const DATA_HIGH_WATER_MARK_BYTES = 1024 * 1024;
 
+/** nghttp2's per-session memory cap (MB). Past it, the session answers new
+ * streams — and, on a client, new responses — with ENHANCE_YOUR_CALM. Node's
+ * default of 10 MB was hit by 500 concurrent tunnelled connections, each with
+ * up to a stream window in flight. Memory is bounded by the flow-control
+ * windows and high-water marks; this is the safety net above them. */
+export const HTTP2_MAX_SESSION_MEMORY_MB = 256;
+
 /** Settings object for node:http2 (both sides). */
 export const http2Settings = {
   initialWindowSize: HTTP2_STREAM_WINDOW_BYTES,
@@ -37,6 +44,12 @@ export const http2Settings = {
   maxConcurrentStreams: HTTP2_MAX_CONCURRENT_STREAMS,
   maxHeaderListSize: HTTP2_MAX_HEADER_LIST_BYTES,
   enablePush: false,
+} as const;
+
+/** Session options for every node:http2 session we create, client or server. */
+export const http2SessionOptions = {
+  settings: http2Settings,
+  maxSessionMemory: HTTP2_MAX_SESSION_MEMORY_MB,
 } as const;
 
 /** Keepalive defaults: an agent that stops answering PINGs for

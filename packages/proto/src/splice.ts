@@ -37,10 +37,6 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
   const started = Date.now();
   let aToB = 0;
   let bToA = 0;
-  let aEnded = false; // a's readable ended
-  let bEnded = false;
-  let aFinished = false; // a's writable finished (we ended it)
-  let bFinished = false;
   let over = false;
 
   const finish = (end: SpliceEnd, reason: string) => {
@@ -57,42 +53,36 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
     }
     onDone({ bytesAtoB: aToB, bytesBtoA: bToA, durationMs: Date.now() - started, end, reason });
   };
+  // Done when both sides have read to their end and written their end. The
+  // properties, not the events, are checked: an HTTP/2 stream may emit
+  // 'close' before its 'finish' event has been delivered.
+  const doneWith = (s: Duplex) => s.readableEnded && s.writableFinished;
   const check = () => {
-    if (aEnded && bEnded && aFinished && bFinished) finish('done', 'closed');
+    if (doneWith(a.stream) && doneWith(b.stream)) finish('done', 'closed');
   };
-
+  const watch = (side: SpliceSide, name: 'a' | 'b') => {
+    const s = side.stream;
+    s.on('end', check);
+    s.on('finish', check);
+    s.on('error', (err: NodeJS.ErrnoException) => finish('reset', `${name}: ${err.code ?? err.message}`));
+    s.on('close', () => {
+      // A clean close has read and written everything (an HTTP/2 stream ends
+      // with rstCode NO_ERROR); anything else is a reset to pass on.
+      const rst = (s as Duplex & { rstCode?: number }).rstCode;
+      if (s.readableEnded && s.writableEnded && (rst === undefined || rst === 0)) {
+        if (!s.writableFinished) s.once('finish', check);
+        setImmediate(check);
+      } else finish('reset', `${name}: closed early${rst ? ` (rst ${rst})` : ''}`);
+    });
+  };
   a.stream.on('data', (c: Buffer) => {
     aToB += c.length;
   });
   b.stream.on('data', (c: Buffer) => {
     bToA += c.length;
   });
-  a.stream.on('end', () => {
-    aEnded = true;
-    check();
-  });
-  b.stream.on('end', () => {
-    bEnded = true;
-    check();
-  });
-  a.stream.on('finish', () => {
-    aFinished = true;
-    check();
-  });
-  b.stream.on('finish', () => {
-    bFinished = true;
-    check();
-  });
-  a.stream.on('error', (err: NodeJS.ErrnoException) => finish('reset', `a: ${err.code ?? err.message}`));
-  b.stream.on('error', (err: NodeJS.ErrnoException) => finish('reset', `b: ${err.code ?? err.message}`));
-  a.stream.on('close', () => {
-    if (!(aEnded && aFinished)) finish('reset', 'a: closed early');
-    else check();
-  });
-  b.stream.on('close', () => {
-    if (!(bEnded && bFinished)) finish('reset', 'b: closed early');
-    else check();
-  });
+  watch(a, 'a');
+  watch(b, 'b');
   a.stream.pipe(b.stream);
   b.stream.pipe(a.stream);
 }

@@ -11,7 +11,7 @@ import {
   Paths,
   ZtmError,
   checkPermitExpiry,
-  http2Settings,
+  http2SessionOptions,
   isFatal,
   parsePermit,
   verifyPermitSignature,
@@ -56,7 +56,7 @@ export async function join(dir: string, permitText: string, opts: JoinOptions = 
     let session: http2.ClientHttp2Session | undefined;
     try {
       const socket = await dialTls(hub, { ca: permit.ca, alpn: ALPN_SESSION, timeoutMs: opts.timeoutMs });
-      session = http2.connect(`https://${hub}`, { createConnection: () => socket, settings: http2Settings });
+      session = http2.connect(`https://${hub}`, { createConnection: () => socket, ...http2SessionOptions });
       session.on('error', () => {});
       const out = await requestJson<EnrolResponse>(session, 'POST', Paths.enrol, { permit, csr }, opts.timeoutMs);
       saveIdentity(dir, {

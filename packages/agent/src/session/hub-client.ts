@@ -31,7 +31,7 @@ import {
   ZtmError,
   encodeFrame,
   fromWire,
-  http2Settings,
+  http2SessionOptions,
   isFatal,
   parseMessage,
   readJsonBody,
@@ -211,7 +211,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     return dialTls(hub, { ca: id.caPem, cert: id.certPem, key: id.keyPem, alpn: ALPN_SESSION }).then(
       (socket: TLSSocket) =>
         new Promise<Connection>((resolve, reject) => {
-          const session = http2.connect(`https://${hub}`, { createConnection: () => socket, settings: http2Settings });
+          const session = http2.connect(`https://${hub}`, { createConnection: () => socket, ...http2SessionOptions });
           session.on('connect', () => session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
           const control = session.request({ ':method': 'POST', ':path': Paths.control, [Headers.version]: String(PROTOCOL_VERSION) }, { endStream: false });
           const conn: Connection = { hub, session, control, connectedAt: Date.now(), lastAckAt: Date.now(), pingOutstanding: false, rttMs: null, dead: false };
@@ -346,7 +346,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       socket.destroy();
       return;
     }
-    const rev = http2.performServerHandshake(socket, { settings: http2Settings });
+    const rev = http2.performServerHandshake(socket, http2SessionOptions);
     rev.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
     this.#reverse = rev;
     rev.on('error', () => {});

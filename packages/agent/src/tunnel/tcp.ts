@@ -63,7 +63,7 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
     const e = err as ZtmError;
     countFailure(stats, e.code);
     log.info({ tunnel: end.key, code: e.code, reason: e.message }, 'connection refused');
-    socket.destroy();
+    socket.resetAndDestroy();
     return;
   }
   stream.on('error', () => {});
@@ -73,8 +73,8 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
   stream.once('close', () => {
     if (answered) return;
     countFailure(stats, ErrorCodes.HUB_UNREACHABLE);
-    log.info({ tunnel: end.key, code: ErrorCodes.HUB_UNREACHABLE }, 'hub closed the stream before answering');
-    socket.destroy();
+    log.info({ tunnel: end.key, code: ErrorCodes.HUB_UNREACHABLE, rstCode: stream.rstCode }, 'hub closed the stream before answering');
+    socket.resetAndDestroy();
   });
   stream.once('response', (h) => {
     answered = true;
@@ -86,7 +86,8 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
         .then((e) => {
           countFailure(stats, e.code);
           log.info({ tunnel: end.key, code: e.code, reason: e.message }, 'connection refused');
-          socket.destroy();
+          // RST, as a refused connection would get without the tunnel.
+          socket.resetAndDestroy();
         });
       return;
     }

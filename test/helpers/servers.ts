@@ -1,0 +1,106 @@
+/** Real TCP/UDP servers and clients for tunnel tests (loopback, port 0). */
+import { createHash, createCipheriv } from 'node:crypto';
+import * as dgram from 'node:dgram';
+import { once } from 'node:events';
+import * as net from 'node:net';
+import { readFileSync } from 'node:fs';
+
+type T = { teardown(fn: () => unknown): void };
+
+export async function tcpServer(t: T, onConn: (s: net.Socket) => void, opts: net.ServerOpts = {}): Promise<{ port: number; server: net.Server }> {
+  const server = net.createServer({ allowHalfOpen: true, ...opts }, (s) => {
+    s.on('error', () => {});
+    onConn(s);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const sockets = new Set<net.Socket>();
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return { port: (server.address() as net.AddressInfo).port, server };
+}
+
+/** Echo server: writes back what it reads; ends when the client ends. */
+export const echoServer = (t: T) => tcpServer(t, (s) => s.pipe(s));
+
+export async function udpEchoServer(t: T): Promise<{ port: number; received: () => number }> {
+  const sock = dgram.createSocket('udp4');
+  let n = 0;
+  sock.on('message', (msg, rinfo) => {
+    n++;
+    sock.send(msg, rinfo.port, rinfo.address);
+  });
+  sock.bind(0, '127.0.0.1');
+  await once(sock, 'listening');
+  t.teardown(() => sock.close());
+  return { port: sock.address().port, received: () => n };
+}
+
+export function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host, allowHalfOpen: true });
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+    s.once('error', reject);
+  });
+}
+
+/** Deterministic pseudo-random bytes (AES-CTR keystream), `total` bytes in chunks. */
+export function* pseudoRandom(seed: string, total: number, chunk = 256 * 1024): Generator<Buffer> {
+  const key = createHash('sha256').update(seed).digest();
+  const cipher = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
+  const zeros = Buffer.alloc(chunk);
+  for (let sent = 0; sent < total; sent += chunk) yield cipher.update(zeros.subarray(0, Math.min(chunk, total - sent)));
+}
+
+export function sha256Of(seed: string, total: number): string {
+  const h = createHash('sha256');
+  for (const b of pseudoRandom(seed, total)) h.update(b);
+  return h.digest('hex');
+}
+
+/** Write all of a generator to a socket, respecting backpressure. */
+export async function writeAll(s: net.Socket, gen: Iterable<Buffer>, end = true): Promise<void> {
+  for (const b of gen) {
+    if (!s.write(b)) await Promise.race([once(s, 'drain'), once(s, 'close')]);
+    if (s.destroyed) throw new Error('socket closed while writing');
+  }
+  if (end) s.end();
+}
+
+/** Read a socket to its end; resolves with byte count and SHA-256. */
+export function hashAll(s: net.Socket): Promise<{ bytes: number; sha256: string }> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    let bytes = 0;
+    s.on('data', (c: Buffer) => {
+      bytes += c.length;
+      h.update(c);
+    });
+    s.once('end', () => resolve({ bytes, sha256: h.digest('hex') }));
+    s.once('error', reject);
+  });
+}
+
+export function readAll(s: net.Socket): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.once('end', () => resolve(Buffer.concat(chunks)));
+    s.once('error', reject);
+  });
+}
+
+/** Resident set size of a process, in bytes (Linux). */
+export function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
