@@ -26,6 +26,10 @@ import { type EndStats, countClose, countFailure } from './end-stats.js';
 import { listenError } from './tcp.js';
 import type { InboundEnd, OutboundEnd } from './tunnel-spec.js';
 
+/** Kernel socket buffers asked for (the kernel caps them at net.core.rmem_max
+ * / wmem_max): bursts wait there instead of being dropped by the kernel. */
+const UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
 /** Datagrams held per flow while its stream is being set up. */
 const MAX_PENDING_DATAGRAMS = 64;
 
@@ -44,7 +48,11 @@ interface Flow {
 }
 
 export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stats: EndStats, log: Logger, idleMs = UDP_FLOW_IDLE_MS): Promise<UdpListener> {
-  const sock = dgram.createSocket({ type: isIPv6(at.host) ? 'udp6' : 'udp4' });
+  const sock = dgram.createSocket({
+    type: isIPv6(at.host) ? 'udp6' : 'udp4',
+    recvBufferSize: UDP_SOCKET_BUFFER_BYTES,
+    sendBufferSize: UDP_SOCKET_BUFFER_BYTES,
+  });
   const flows = new Map<string, Flow>();
 
   const closeFlow = (key: string, flow: Flow, reason: string) => {
@@ -160,7 +168,11 @@ export function serveUdpExit(
 ): void {
   const target = end.targets[rr % end.targets.length] as HostPort;
   const source = String(headers[Headers.sourceEndpoint] ?? '');
-  const sock = dgram.createSocket({ type: isIPv6(target.host) ? 'udp6' : 'udp4' });
+  const sock = dgram.createSocket({
+    type: isIPv6(target.host) ? 'udp6' : 'udp4',
+    recvBufferSize: UDP_SOCKET_BUFFER_BYTES,
+    sendBufferSize: UDP_SOCKET_BUFFER_BYTES,
+  });
   let bytesIn = 0;
   let bytesOut = 0;
   let lastActive = Date.now();
