@@ -24,9 +24,10 @@ t.test('1 GiB into a slow reader keeps memory bounded', async (t) => {
         s.resume();
         return;
       }
-      let chunk: Buffer | null;
       let n = 0;
-      while (n < 64 * 1024 && (chunk = s.read() as Buffer | null)) {
+      while (n < 64 * 1024) {
+        const chunk = s.read() as Buffer | null;
+        if (!chunk) break;
         received += chunk.length;
         n += chunk.length;
       }

@@ -27,8 +27,12 @@ const which = (cmd: string): string | null => {
 function daemon(t: { teardown(fn: () => unknown): void }, cmd: string, args: string[]) {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
+  child.stdout.on('data', (d) => {
+    out += d;
+  });
+  child.stderr.on('data', (d) => {
+    out += d;
+  });
   t.teardown(() => child.kill('SIGKILL'));
   return { child, output: () => out };
 }
@@ -46,9 +50,9 @@ t.test('real clients through tunnels', async (t) => {
   const m = await startMesh(t, ['laptop', 'server']);
   const dir = testDir(t);
 
-  await t.test('curl to an HTTP server', async (t) => {
-    const curl = which('curl');
-    if (!curl) return t.skip('curl not installed (scripts/test installs it)');
+  const curl = which('curl');
+  await t.test('curl to an HTTP server', { skip: curl ? false : 'curl not installed (scripts/test installs it)' }, async (t) => {
+    if (!curl) return;
     const srv = createServer((req, res) => res.end(`hello ${req.url}`));
     srv.listen(0, '127.0.0.1');
     await once(srv, 'listening');
@@ -60,26 +64,35 @@ t.test('real clients through tunnels', async (t) => {
     t.equal(stdout, 'hello /tunnelled');
   });
 
-  await t.test('redis-cli to redis-server', async (t) => {
-    const server = which('redis-server');
-    const cli = which('redis-cli');
-    if (!server || !cli) return t.skip('redis not installed (scripts/test installs redis-server, redis-tools)');
-    const rport = await freePort();
-    daemon(t, server, ['--port', String(rport), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
-    await waitFor(() => portOpen(rport), { what: 'redis up' });
-    const port = await freePort();
-    await openTunnel(m, 'laptop', 'server', 'tcp/redis', rport, port);
-    t.equal(execFileSync(cli, ['-p', String(port), 'SET', 'greeting', 'through the mesh'], { encoding: 'utf8' }).trim(), 'OK');
-    t.equal(execFileSync(cli, ['-p', String(port), 'GET', 'greeting'], { encoding: 'utf8' }).trim(), 'through the mesh');
-    t.equal(execFileSync(cli, ['-p', String(rport), 'GET', 'greeting'], { encoding: 'utf8' }).trim(), 'through the mesh', 'the real server has it');
-  });
+  const server = which('redis-server');
+  const cli = which('redis-cli');
+  await t.test(
+    'redis-cli to redis-server',
+    { skip: server && cli ? false : 'redis not installed (scripts/test installs redis-server, redis-tools)' },
+    async (t) => {
+      if (!server || !cli) return;
+      const rport = await freePort();
+      daemon(t, server, ['--port', String(rport), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
+      await waitFor(() => portOpen(rport), { what: 'redis up' });
+      const port = await freePort();
+      await openTunnel(m, 'laptop', 'server', 'tcp/redis', rport, port);
+      t.equal(execFileSync(cli, ['-p', String(port), 'SET', 'greeting', 'through the mesh'], { encoding: 'utf8' }).trim(), 'OK');
+      t.equal(execFileSync(cli, ['-p', String(port), 'GET', 'greeting'], { encoding: 'utf8' }).trim(), 'through the mesh');
+      t.equal(execFileSync(cli, ['-p', String(rport), 'GET', 'greeting'], { encoding: 'utf8' }).trim(), 'through the mesh', 'the real server has it');
+    },
+  );
 
-  await t.test('ssh to a local sshd (server speaks first)', async (t) => {
-    const sshd = which('sshd');
-    const ssh = which('ssh');
-    const keygen = which('ssh-keygen');
-    if (!sshd || !ssh || !keygen) return t.skip('OpenSSH not installed (scripts/test installs openssh-server)');
-    if (process.getuid?.() !== 0) return t.skip('sshd with a custom config needs root here');
+  const sshd = which('sshd');
+  const ssh = which('ssh');
+  const keygen = which('ssh-keygen');
+  const sshSkip =
+    !sshd || !ssh || !keygen
+      ? 'OpenSSH not installed (scripts/test installs openssh-server)'
+      : process.getuid?.() !== 0
+        ? 'sshd with a custom config needs root here'
+        : false;
+  await t.test('ssh to a local sshd (server speaks first)', { skip: sshSkip }, async (t) => {
+    if (!sshd || !ssh || !keygen) return;
     const sdir = join(dir, 'ssh');
     mkdirSync(sdir, { recursive: true });
     chmodSync(dir, 0o755);
@@ -132,20 +145,24 @@ t.test('real clients through tunnels', async (t) => {
     t.equal(out.trim(), 'ssh-through-ztm 42');
   });
 
-  await t.test('iperf3 through the tunnel (data moves, both directions)', async (t) => {
-    const iperf = which('iperf3');
-    if (!iperf) return t.skip('iperf3 not installed (scripts/test installs it)');
-    const iport = await freePort();
-    daemon(t, iperf, ['-s', '-p', String(iport), '-B', '127.0.0.1']);
-    await waitFor(() => portOpen(iport), { what: 'iperf3 up' });
-    const port = await freePort();
-    await openTunnel(m, 'laptop', 'server', 'tcp/iperf', iport, port);
-    for (const reverse of [false, true]) {
-      const out = JSON.parse(
-        execFileSync(iperf, ['-c', '127.0.0.1', '-p', String(port), '-t', '1', '-J', ...(reverse ? ['-R'] : [])], { encoding: 'utf8', timeout: 30_000 }),
-      );
-      const bps = out.end.sum_received.bits_per_second as number;
-      t.ok(bps > 0, `iperf3${reverse ? ' -R' : ''}: ${(bps / 1e9).toFixed(2)} Gbit/s (a benchmark, not an assertion)`);
-    }
-  });
+  const iperf = which('iperf3');
+  await t.test(
+    'iperf3 through the tunnel (data moves, both directions)',
+    { skip: iperf ? false : 'iperf3 not installed (scripts/test installs it)' },
+    async (t) => {
+      if (!iperf) return;
+      const iport = await freePort();
+      daemon(t, iperf, ['-s', '-p', String(iport), '-B', '127.0.0.1']);
+      await waitFor(() => portOpen(iport), { what: 'iperf3 up' });
+      const port = await freePort();
+      await openTunnel(m, 'laptop', 'server', 'tcp/iperf', iport, port);
+      for (const reverse of [false, true]) {
+        const out = JSON.parse(
+          execFileSync(iperf, ['-c', '127.0.0.1', '-p', String(port), '-t', '1', '-J', ...(reverse ? ['-R'] : [])], { encoding: 'utf8', timeout: 30_000 }),
+        );
+        const bps = out.end.sum_received.bits_per_second as number;
+        t.ok(bps > 0, `iperf3${reverse ? ' -R' : ''}: ${(bps / 1e9).toFixed(2)} Gbit/s (a benchmark, not an assertion)`);
+      }
+    },
+  );
 });

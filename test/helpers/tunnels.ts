@@ -1,4 +1,5 @@
 /** A hub and named agents, with tunnel helpers. */
+import type { TunnelView } from '@ztm/agent';
 import { type AgentHandle, type HubHandle, startAgent, startHub, waitFor } from './index.js';
 
 type T = Parameters<typeof startHub>[0];
@@ -27,16 +28,7 @@ export async function openTunnel(m: Mesh, entry: string, exit: string, name: str
   await tunnelOpen(m.agents[entry] as AgentHandle, ['inbound', name, '--listen', `127.0.0.1:${listenPort}`]);
 }
 
-export async function tunnelList(
-  agent: AgentHandle,
-): Promise<
-  {
-    tunnel: string;
-    direction: string;
-    state: string;
-    stats: { open: number; total: number; failures: Record<string, number>; dropped: number; bytesIn: number; bytesOut: number };
-  }[]
-> {
+export async function tunnelList(agent: AgentHandle): Promise<TunnelView[]> {
   const r = await agent.cli(['tunnel', 'list', '--json']);
   if (r.code !== 0) throw new Error(r.stderr);
   return JSON.parse(r.stdout);

@@ -3,3 +3,5 @@ export { parseAgentConfig, loadAgentConfig, ConfigError, type AgentConfig } from
 export { join, type JoinResult } from './identity/join.js';
 export { loadIdentity, agentPaths, type AgentIdentity } from './identity/identity-store.js';
 export { createLogger, silentLogger } from './log.js';
+export type { TunnelView } from './tunnel/tunnel-manager.js';
+export type { EndStats } from './tunnel/end-stats.js';
