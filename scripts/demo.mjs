@@ -4,6 +4,7 @@
 // Usage: node scripts/demo.mjs [--once] [--dir DIR]
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer, get as httpGet } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -81,7 +82,25 @@ try {
   }
   console.log(`\n${cli(HUB, ['endpoints', '--data', hubDir])}`);
   console.log(cli(HUB, ['ping', 'alpha', '--data', hubDir]));
-  console.log(`try:  node ${HUB} endpoints --data ${hubDir}\n      node ${AGENT} status --data ${join(dir, 'alpha')}\nCtrl-C stops the mesh.`);
+
+  // A service only beta can reach, and a tunnel that brings it to alpha.
+  const service = createHttpServer((req, res) => res.end(`hello from beta's private service (${req.url})\n`));
+  await new Promise((r) => service.listen(0, '127.0.0.1', r));
+  const entry = await freePort();
+  cli(AGENT, ['tunnel', 'open', 'outbound', 'tcp/web', '--target', `127.0.0.1:${service.address().port}`, '--allow-endpoint', 'alpha', '--data', join(dir, 'beta')]);
+  cli(AGENT, ['tunnel', 'open', 'inbound', 'tcp/web', '--listen', String(entry), '--data', join(dir, 'alpha')]);
+  const body = await new Promise((res, rej) => httpGet(`http://127.0.0.1:${entry}/through-the-mesh`, (r) => {
+    let b = '';
+    r.on('data', (d) => (b += d));
+    r.on('end', () => res(b));
+  }).on('error', rej));
+  console.log(`GET http://127.0.0.1:${entry}/through-the-mesh → ${body}`);
+  console.log(cli(AGENT, ['tunnel', 'list', '--data', join(dir, 'alpha')]));
+  children.push({ kill: () => service.close() });
+  console.log(`try:  curl http://127.0.0.1:${entry}/
+      node ${HUB} endpoints --data ${hubDir}
+      node ${AGENT} status --data ${join(dir, 'alpha')}
+Ctrl-C stops the mesh.`);
   if (once) stop(0);
 } catch (err) {
   console.error(`demo failed: ${err.message}`);
