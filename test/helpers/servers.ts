@@ -70,7 +70,17 @@ export function sha256Of(seed: string, total: number): string {
 /** Write all of a generator to a socket, respecting backpressure. */
 export async function writeAll(s: net.Socket, gen: Iterable<Buffer>, end = true): Promise<void> {
   for (const b of gen) {
-    if (!s.write(b)) await Promise.race([once(s, 'drain'), once(s, 'close')]);
+    if (!s.write(b)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          s.off('drain', done);
+          s.off('close', done);
+          resolve();
+        };
+        s.on('drain', done);
+        s.on('close', done);
+      });
+    }
     if (s.destroyed) throw new Error('socket closed while writing');
   }
   if (end) s.end();

@@ -5,7 +5,17 @@
 import type { Server } from 'node:http';
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { pipeline } from 'node:stream';
-import { AdminPaths, type AdminRoutes, type EndpointInfo, ErrorCodes, Paths, ZtmError, errorHttpStatus, startAdminServer } from '@ztm/proto';
+import {
+  AdminPaths,
+  type AdminRoutes,
+  type EndpointInfo,
+  ErrorCodes,
+  Paths,
+  ZtmError,
+  errorHttpStatus,
+  startAdminServer,
+  startMetricsServer,
+} from '@ztm/proto';
 import type { AgentConfig } from './config/agent-config.js';
 import { type AgentIdentity, certificateTimes } from './identity/identity-store.js';
 import { CertificateRenewer } from './identity/renewal.js';
@@ -13,6 +23,7 @@ import type { Logger } from './log.js';
 import { requestJson } from './session/h2-json.js';
 import { HubClient } from './session/hub-client.js';
 import { TunnelManager } from './tunnel/tunnel-manager.js';
+import { AgentMetrics } from './metrics/agent-metrics.js';
 
 export interface AgentDeps {
   identity: AgentIdentity;
@@ -64,6 +75,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     udpIdleMs: config.udpIdleTimeout,
   });
   client.on('online', () => tunnels.announce());
+  const metrics = new AgentMetrics(client, tunnels);
+  let metricsServer: Server | undefined;
   const renewer = new CertificateRenewer(identity, client, deps.dataDir, base.child({ component: 'renewal' }));
   client.on('fatal', (err) => rejectDone(err));
 
@@ -130,6 +143,12 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     endpoints,
     async start() {
       if (deps.adminSocket) admin = await startAdminServer(deps.adminSocket, adminRoutes, log);
+      if (config.metrics) {
+        metricsServer = await startMetricsServer(config.metrics, {
+          metrics: () => metrics.render(),
+          ready: () => (client.state === 'online' ? { ok: true, detail: 'ready: hub session online' } : { ok: false, detail: `hub session ${client.state}` }),
+        });
+      }
       await tunnels.start();
       client.start();
       renewer.start();
@@ -137,7 +156,12 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     async close() {
       renewer.stop();
       admin?.close();
-      tunnels.closeAll();
+      // Drain: no new local connections; live ones get up to shutdownGrace.
+      tunnels.stopListening();
+      const deadline = Date.now() + config.shutdownGrace;
+      while (tunnels.openStreams() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      if (tunnels.openStreams() > 0) log.warn({ streams: tunnels.openStreams() }, 'grace period over; dropping connections still open');
+      metricsServer?.close();
       await client.stop();
       resolveDone();
     },

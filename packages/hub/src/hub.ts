@@ -12,6 +12,7 @@ import {
   AdminPaths,
   type AdminRoutes,
   startAdminServer,
+  startMetricsServer,
   ENROL_SESSION_TIMEOUT_MS,
   EnrolRequest,
   ErrorCodes,
@@ -34,6 +35,8 @@ import type { HubConfig } from './config/hub-config.js';
 import { type EnrolDeps, enrol } from './enrol/enrolment.js';
 import type { Logger } from './log.js';
 import type { Registry } from './registry/registry.js';
+import { HubMetrics } from './metrics/hub-metrics.js';
+import { McsHub } from './mcs/mcs-hub.js';
 import { RelayStats } from './relay/relay-stats.js';
 import { AgentSession } from './session/agent-session.js';
 import { handleMainStream, type MainRouteDeps } from './session/main-routes.js';
@@ -54,6 +57,7 @@ export interface Hub {
   readonly mesh: string;
   readonly sessions: SessionManager;
   readonly ops: OperationsContext;
+  readonly metrics: HubMetrics;
   start(): Promise<AddressInfo>;
   address(): AddressInfo | null;
   /** Ping an endpoint over its reverse session; resolves with the round trip. */
@@ -71,6 +75,19 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     log,
   });
   const stats = new RelayStats();
+  const mcs = new McsHub({ leaseTtlMs: config.mcsLeaseTtl, log: log.child({ component: 'mcs' }) });
+  const metrics = new HubMetrics(sessions, stats, () => anonymous);
+  let metricsServer: HttpServer | undefined;
+  // Throughput for the status view: bytes relayed over the last sample period.
+  const rate = { at: Date.now(), bytes: 0, bytesPerSec: 0 };
+  const sampler = setInterval(() => {
+    const now = Date.now();
+    const bytes = stats.bytesTotal();
+    rate.bytesPerSec = Math.round(((bytes - rate.bytes) * 1000) / Math.max(1, now - rate.at));
+    rate.at = now;
+    rate.bytes = bytes;
+  }, 5_000);
+  sampler.unref();
   const ops: OperationsContext = { ca: deps.ca, registry: deps.registry, names: deps.names, sessions };
   const enrolDeps: EnrolDeps = { ca: deps.ca, registry: deps.registry, certLifetimeMs: config.certLifetime };
   const routeDeps: MainRouteDeps = {
@@ -81,8 +98,11 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     keepaliveIntervalMs: config.keepaliveInterval,
     keepaliveTimeoutMs: config.keepaliveTimeout,
     relay: { sessions, stats, log: log.child({ component: 'relay' }) },
+    mcs,
+    countControl: (type) => metrics.controlMessages.inc({ type }),
   };
   let anonymous = 0;
+  let closing = false;
   let adminServer: HttpServer | undefined;
   const h2Options: http2.ServerOptions = http2SessionOptions;
 
@@ -101,7 +121,10 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     sessionTimeout: 0,
   });
 
-  server.on('tlsClientError', (err) => log.debug({ reason: err.message }, 'TLS handshake failed'));
+  server.on('tlsClientError', (err: NodeJS.ErrnoException) => {
+    metrics.handshakeFailures.inc({ reason: err.code ?? 'error' });
+    log.debug({ reason: err.message }, 'TLS handshake failed');
+  });
   server.on('secureConnection', (socket: tls.TLSSocket) => {
     socket.on('error', () => {});
     socket.setNoDelay(true);
@@ -128,6 +151,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
 
     if (who.kind === 'endpoint') {
       const agent = new AgentSession(session, who.identity, address, log);
+      agent.once('close', (reason) => metrics.sessionsClosed.inc({ reason: reason.split(/[:(]/)[0]?.trim() || 'unknown' }));
       session.on('stream', (stream, headers) => {
         if (!versionOk(stream, headers)) return;
         handleMainStream(routeDeps, agent, stream, headers);
@@ -135,6 +159,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       return;
     }
     if (who.kind === 'refused') {
+      metrics.sessionsRefused.inc({ reason: who.error.code });
       log.warn({ address, code: who.error.code, reason: who.error.message }, 'session refused');
       refuse(session, who.error);
       return;
@@ -154,11 +179,13 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
         void (async () => {
           try {
             const body = parseMessage(EnrolRequest, await readStreamJson(stream));
-            const out = await enrol(enrolDeps, body.permit, body.csr);
+            const out = await enrol(enrolDeps, body.permit, body.csr, body.cluster);
+            metrics.enrolments.inc({ result: 'ok' });
             log.info({ endpoint: out.endpoint, address }, 'endpoint enrolled');
             respondJson(stream, 200, out);
           } catch (err) {
             const e = err instanceof ZtmError ? err : new ZtmError(ErrorCodes.INTERNAL, 'enrolment failed', { cause: err });
+            metrics.enrolments.inc({ result: e.code });
             log.warn({ address, code: e.code, reason: e.message }, 'enrolment refused');
             respondError(stream, e);
           }
@@ -250,8 +277,12 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       online: sessions.size,
       revoked: endpoints.filter((e) => e.revoked_at !== null).length,
       unauthenticated: anonymous,
+      sessionsWithReverse: [...sessions.all()].filter((x) => x.hasReverse).length,
       streamsOpen: [...stats.byTunnel.values()].reduce((n, c) => n + c.open, 0),
+      bytesRelayed: stats.bytesTotal(),
+      throughputBytesPerSec: rate.bytesPerSec,
       tunnels: stats.snapshot(),
+      mcs: { clusters: mcs.clusters(), imports: mcs.imports().length },
       uptimeSec: Math.round(process.uptime()),
     };
   }
@@ -275,25 +306,35 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
         );
       });
       if (deps.adminSocket) adminServer = await startAdminServer(deps.adminSocket, adminRoutes, log);
+      if (config.metrics) {
+        metricsServer = await startMetricsServer(config.metrics, {
+          metrics: () => metrics.render(),
+          ready: () =>
+            server.listening && !closing ? { ok: true, detail: `ready: ${sessions.size} endpoints online` } : { ok: false, detail: 'not listening' },
+        });
+      }
       const addr = server.address() as AddressInfo;
       log.info({ mesh, listen: `${addr.address}:${addr.port}` }, 'hub listening');
       return addr;
     },
     address: () => (server.address() as AddressInfo | null) ?? null,
     ping,
+    metrics,
+    /** Stop accepting, send GOAWAY to every session, let relayed streams
+     * finish for up to `shutdownGrace`, then drop what is left. */
     async close() {
+      closing = true;
+      mcs.close();
+      clearInterval(sampler);
       server.close();
       adminServer?.close();
       sessions.close('hub shutting down');
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 2_000);
-        t.unref();
-        server.once('close', () => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
+      const deadline = Date.now() + config.shutdownGrace;
+      const open = () => [...stats.byTunnel.values()].reduce((n, c) => n + c.open, 0);
+      while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      if (open() > 0) log.warn({ streams: open() }, 'grace period over; dropping streams still open');
       sessions.destroyAll();
+      metricsServer?.close();
     },
   };
 }

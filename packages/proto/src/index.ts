@@ -13,3 +13,5 @@ export * from './cli-format.js';
 export * from './tunnel.js';
 export * from './splice.js';
 export * from './h2-io.js';
+export * from './mcs.js';
+export * from './metrics-http.js';

@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { ErrorCodes, ZtmError } from './errors.js';
+import { ClusterId, McsExports, McsImports, McsStatus } from './mcs.js';
 
 /** agent → hub, first frame on the control stream. Answer: `welcome`, or an
  * `error` frame and the stream closed. */
@@ -88,8 +89,8 @@ export const InboundEnds = z.strictObject({
     .max(4096),
 });
 
-export const AgentMessage = z.discriminatedUnion('type', [Hello, OutboundEnds, InboundEnds, ErrorMessage]);
-export const HubMessage = z.discriminatedUnion('type', [Welcome, ReverseRequest, Revoked, ErrorMessage]);
+export const AgentMessage = z.discriminatedUnion('type', [Hello, OutboundEnds, InboundEnds, ErrorMessage, McsExports]);
+export const HubMessage = z.discriminatedUnion('type', [Welcome, ReverseRequest, Revoked, ErrorMessage, McsImports, McsStatus]);
 
 export type Hello = z.infer<typeof Hello>;
 export type Welcome = z.infer<typeof Welcome>;
@@ -115,6 +116,9 @@ export function parseMessage<T>(schema: z.ZodType<T>, value: unknown): T {
 export const EnrolRequest = z.strictObject({
   permit: z.unknown(),
   csr: z.string().max(8192),
+  /** Cluster agents only (`ztm-agent join --kubeconfig`): the cluster id to bind
+   * into the certificate (mcs.ts). */
+  cluster: ClusterId.optional(),
 });
 export const EnrolResponse = z.strictObject({
   certificate: z.string(),

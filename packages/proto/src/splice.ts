@@ -33,7 +33,14 @@ export interface SpliceResult {
   reason: string;
 }
 
-export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) => void): void {
+/** Live byte counters a splice adds to as data moves (for throughput views);
+ * several splices may share one. */
+export interface ByteMeter {
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) => void, meter?: ByteMeter): void {
   const started = Date.now();
   let aToB = 0;
   let bToA = 0;
@@ -75,11 +82,14 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
       } else finish('reset', `${name}: closed early${rst ? ` (rst ${rst})` : ''}`);
     });
   };
+  const m = meter ?? { bytesIn: 0, bytesOut: 0 };
   a.stream.on('data', (c: Buffer) => {
     aToB += c.length;
+    m.bytesIn += c.length;
   });
   b.stream.on('data', (c: Buffer) => {
     bToA += c.length;
+    m.bytesOut += c.length;
   });
   watch(a, 'a');
   watch(b, 'b');

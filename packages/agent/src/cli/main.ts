@@ -73,29 +73,44 @@ export function buildProgram(): Command {
     .option('--hub <host:port...>', "hub addresses to use instead of the permit's")
     .option('--keepalive-interval <duration>', 'PING interval (default 5s)')
     .option('--keepalive-timeout <duration>', 'hub considered lost after this long without a PING answer (default 15s)')
-    .action(async (o: { data?: string; config?: string; logLevel?: string; hub?: string[]; keepaliveInterval?: string; keepaliveTimeout?: string }) => {
-      const config = loadAgentConfig(o.config, {
-        logLevel: o.logLevel,
-        hubs: o.hub?.flatMap((h) => h.split(',')),
-        keepaliveInterval: o.keepaliveInterval,
-        keepaliveTimeout: o.keepaliveTimeout,
-      });
-      const dir = dataDir(o);
-      const identity = loadIdentity(dir);
-      const logger = createLogger(config.logLevel);
-      const agent = createAgent(config, { identity, logger, dataDir: dir, adminSocket: agentPaths(dir).adminSocket });
-      await agent.start();
-      const signalled = new Promise<void>((resolve) => {
-        process.once('SIGTERM', () => resolve());
-        process.once('SIGINT', () => resolve());
-      });
-      try {
-        await Promise.race([signalled, agent.done]);
-      } finally {
-        await agent.close();
-        logger.flush();
-      }
-    });
+    .option('--metrics <host:port>', 'serve /metrics (Prometheus), /healthz and /readyz here (off by default)')
+    .option('--shutdown-grace <duration>', 'on SIGTERM, how long tunnelled connections may finish (default 10s)')
+    .action(
+      async (o: {
+        data?: string;
+        config?: string;
+        logLevel?: string;
+        hub?: string[];
+        keepaliveInterval?: string;
+        keepaliveTimeout?: string;
+        metrics?: string;
+        shutdownGrace?: string;
+      }) => {
+        const config = loadAgentConfig(o.config, {
+          logLevel: o.logLevel,
+          hubs: o.hub?.flatMap((h) => h.split(',')),
+          keepaliveInterval: o.keepaliveInterval,
+          keepaliveTimeout: o.keepaliveTimeout,
+          metrics: o.metrics,
+          shutdownGrace: o.shutdownGrace,
+        });
+        const dir = dataDir(o);
+        const identity = loadIdentity(dir);
+        const logger = createLogger(config.logLevel);
+        const agent = createAgent(config, { identity, logger, dataDir: dir, adminSocket: agentPaths(dir).adminSocket });
+        await agent.start();
+        const signalled = new Promise<void>((resolve) => {
+          process.once('SIGTERM', () => resolve());
+          process.once('SIGINT', () => resolve());
+        });
+        try {
+          await Promise.race([signalled, agent.done]);
+        } finally {
+          await agent.close();
+          logger.flush();
+        }
+      },
+    );
 
   program
     .command('status')
@@ -113,6 +128,11 @@ export function buildProgram(): Command {
         );
         console.log(`reverse   ${hub.reverse ? 'open' : 'closed'}`);
         console.log(`cert      expires ${cert.expires}, renews at ${cert.renewAt}`);
+        const tunnels = (s.tunnels ?? []) as TunnelView[];
+        if (tunnels.length) {
+          console.log('');
+          printTunnels(tunnels);
+        }
       });
     });
 

@@ -31,6 +31,8 @@ export const AgentConfigSchema = z.strictObject({
         .default([]),
     })
     .default({ inbound: [], outbound: [] }),
+  /** On SIGTERM, how long tunnelled connections may run on before they are dropped. */
+  shutdownGrace: durationMs('10s'),
   /** UDP flows idle this long are closed. */
   udpIdleTimeout: durationMs('60s'),
 });

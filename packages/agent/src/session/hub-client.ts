@@ -27,6 +27,8 @@ import {
   Paths,
   RECONNECT_BASE_MS,
   RECONNECT_MAX_MS,
+  type McsImports,
+  type McsStatus,
   type Welcome,
   ZtmError,
   encodeFrame,
@@ -69,7 +71,7 @@ interface Connection {
   dead: boolean;
 }
 
-export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [string]; fatal: [ZtmError] }> {
+export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [string]; fatal: [ZtmError]; mcs: [McsImports | McsStatus] }> {
   readonly #o: HubClientOptions;
   #identity: AgentIdentity;
   #state: HubClientState = 'idle';
@@ -231,7 +233,12 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
             settle(new ZtmError(ErrorCodes.HUB_UNREACHABLE, 'hub closed the session'));
             this.#onConnectionClosed(conn, 'session closed');
           });
-          session.on('goaway', (code) => this.#o.log.debug({ code }, 'goaway from hub'));
+          session.on('goaway', (code) => {
+            // The hub is going away (shutdown, replacement): its live streams
+            // drain on this session while we dial a new one.
+            this.#o.log.info({ code }, 'hub sent GOAWAY; reconnecting');
+            if (conn.welcome) this.#onConnectionClosed(conn, 'hub sent GOAWAY');
+          });
           control.on('error', () => {});
           control.on('response', (h) => {
             const status = Number(h[':status']);
@@ -270,6 +277,8 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
                 const e = new ZtmError(isKnown(msg.code) ? msg.code : ErrorCodes.INTERNAL, `hub says: ${msg.message}`);
                 if (!conn.welcome) settle(e);
                 else this.#o.log.warn({ code: msg.code, reason: msg.message }, 'hub reported an error');
+              } else if ((msg.type === 'mcs-imports' || msg.type === 'mcs-status') && this.#conn === conn) {
+                this.emit('mcs', msg); // Kubernetes mode (k8s/) takes these
               }
             }
           });

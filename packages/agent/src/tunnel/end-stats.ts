@@ -16,9 +16,9 @@ export function countFailure(s: EndStats, code: string): void {
   s.failures[code] = (s.failures[code] ?? 0) + 1;
 }
 
-export function countClose(s: EndStats, reason: string, bytesIn: number, bytesOut: number): void {
+/** Bytes are counted live (splice adds to the stats as data moves); this
+ * records the end. */
+export function countClose(s: EndStats, reason: string): void {
   s.open--;
-  s.bytesIn += bytesIn;
-  s.bytesOut += bytesOut;
   s.closes[reason] = (s.closes[reason] ?? 0) + 1;
 }

@@ -98,9 +98,10 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
       { stream: socket, reset: () => socket.resetAndDestroy(), release: () => socket.destroy() },
       { stream, reset: () => stream.close(h2.NGHTTP2_CANCEL) },
       (r) => {
-        countClose(stats, r.end === 'done' ? 'closed' : 'reset', r.bytesAtoB, r.bytesBtoA);
+        countClose(stats, r.end === 'done' ? 'closed' : 'reset');
         log.debug({ tunnel: end.key, bytesIn: r.bytesAtoB, bytesOut: r.bytesBtoA, durationMs: r.durationMs, end: r.end, reason: r.reason }, 'stream closed');
       },
+      stats,
     );
   });
 }
@@ -153,7 +154,7 @@ export function serveTcpExit(end: OutboundEnd, stream: ServerHttp2Stream, header
         { stream, reset: () => stream.close(h2.NGHTTP2_CANCEL) },
         { stream: socket, reset: () => socket.resetAndDestroy(), release: () => socket.destroy() },
         (r) => {
-          countClose(stats, r.end === 'done' ? 'closed' : 'reset', r.bytesAtoB, r.bytesBtoA);
+          countClose(stats, r.end === 'done' ? 'closed' : 'reset');
           log.debug(
             { tunnel: end.key, source, bytesIn: r.bytesAtoB, bytesOut: r.bytesBtoA, durationMs: r.durationMs, end: r.end, reason: r.reason },
             'stream closed',

@@ -5,7 +5,19 @@
  */
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Server } from 'node:net';
-import { ErrorCodes, Headers, type TunnelDirection, ZtmError, formatHostPort, parseTunnelId, respondError, tunnelFromPath, tunnelKey } from '@ztm/proto';
+import {
+  ErrorCodes,
+  Headers,
+  type InboundEnds,
+  type OutboundEnds,
+  type TunnelDirection,
+  ZtmError,
+  formatHostPort,
+  parseTunnelId,
+  respondError,
+  tunnelFromPath,
+  tunnelKey,
+} from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { HubClient } from '../session/hub-client.js';
 import { type EndStats, newEndStats } from './end-stats.js';
@@ -51,10 +63,22 @@ export interface TunnelManagerOptions {
   udpIdleMs?: number;
 }
 
+/** Ends another module manages (Kubernetes mode, k8s/mcs-ends.ts): announced
+ * and served with ours, listed, never persisted. */
+export interface ManagedEnds {
+  outbound(): OutboundEnds['ends'];
+  inbound(): InboundEnds['ends'];
+  /** Serve a relayed connection if the tunnel is one of its outbound ends. */
+  serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean;
+  views(): TunnelView[];
+  openStreams(): number;
+}
+
 export class TunnelManager {
   readonly #o: TunnelManagerOptions;
   readonly #inbound = new Map<string, InboundState>();
   readonly #outbound = new Map<string, OutboundState>();
+  #managed: ManagedEnds | undefined;
 
   constructor(o: TunnelManagerOptions) {
     this.#o = o;
@@ -92,7 +116,7 @@ export class TunnelManager {
         }
       }
     }
-    this.#o.client.wantReverse(this.#outbound.size > 0);
+    this.#syncReverse();
   }
 
   async openInbound(spec: Partial<InboundSpec>): Promise<TunnelView> {
@@ -121,7 +145,7 @@ export class TunnelManager {
       for (const l of s.listeners) l.close();
     } else {
       if (!this.#outbound.delete(key)) throw new ZtmError(ErrorCodes.NOT_FOUND, `no outbound end ${key} here (see ztm-agent tunnel list)`);
-      this.#o.client.wantReverse(this.#outbound.size > 0);
+      this.#syncReverse();
     }
     this.#save();
     this.announce();
@@ -129,29 +153,48 @@ export class TunnelManager {
   }
 
   list(): TunnelView[] {
-    return [...[...this.#inbound.keys()].map((k) => this.#view('inbound', k)), ...[...this.#outbound.keys()].map((k) => this.#view('outbound', k))];
+    return [
+      ...[...this.#inbound.keys()].map((k) => this.#view('inbound', k)),
+      ...[...this.#outbound.keys()].map((k) => this.#view('outbound', k)),
+      ...(this.#managed?.views() ?? []),
+    ];
+  }
+
+  /** Let another module's ends travel with ours; call `announce()` when they change. */
+  attachManaged(m: ManagedEnds): void {
+    this.#managed = m;
+  }
+
+  /** Keep the reverse session while any outbound end (ours or managed) needs it. */
+  #syncReverse(): void {
+    this.#o.client.wantReverse(this.#outbound.size > 0 || (this.#managed?.outbound().length ?? 0) > 0);
   }
 
   /** Tell the hub our ends (on every online, and after each change). */
   announce(): void {
     this.#o.client.sendControl({
       type: 'outbound-ends',
-      ends: [...this.#outbound.values()].map(({ end }) => ({
-        protocol: end.id.protocol,
-        name: end.id.name,
-        allowEndpoints: end.allowEndpoints,
-        allowUsers: end.allowUsers,
-      })),
+      ends: [...this.#outbound.values()]
+        .map(({ end }) => ({
+          protocol: end.id.protocol,
+          name: end.id.name,
+          allowEndpoints: end.allowEndpoints,
+          allowUsers: end.allowUsers,
+        }))
+        .concat(this.#managed?.outbound() ?? []),
     });
     this.#o.client.sendControl({
       type: 'inbound-ends',
-      ends: [...this.#inbound.values()].map(({ end }) => ({
-        protocol: end.id.protocol,
-        name: end.id.name,
-        listen: end.listen.map(formatHostPort),
-        exits: end.exits,
-      })),
+      ends: [...this.#inbound.values()]
+        .map(({ end }) => ({
+          protocol: end.id.protocol,
+          name: end.id.name,
+          listen: end.listen.map(formatHostPort),
+          exits: end.exits,
+        }))
+        .concat(this.#managed?.inbound() ?? []),
     });
+    if (this.#managed) this.#syncReverse();
   }
 
   /** A relayed connection from the hub for one of our outbound ends. */
@@ -160,6 +203,7 @@ export class TunnelManager {
     if (!id) return false;
     const key = tunnelKey(id);
     const s = this.#outbound.get(key);
+    if (!s && this.#managed?.serve(stream, headers)) return true;
     if (!s) {
       respondError(stream, new ZtmError(ErrorCodes.NO_EXIT, `${key}: this endpoint holds no outbound end`));
       return true;
@@ -178,9 +222,20 @@ export class TunnelManager {
     return true;
   }
 
-  closeAll(): void {
-    for (const s of this.#inbound.values()) for (const l of s.listeners) l.close();
-    this.#inbound.clear();
+  /** Stop accepting new local connections; live ones go on. */
+  stopListening(): void {
+    for (const s of this.#inbound.values()) {
+      for (const l of s.listeners) l.close();
+      s.listeners = [];
+    }
+  }
+
+  /** Tunnelled connections (and UDP flows) open now, both directions. */
+  openStreams(): number {
+    let n = 0;
+    for (const s of this.#inbound.values()) n += s.stats.open;
+    for (const s of this.#outbound.values()) n += s.stats.open;
+    return n + (this.#managed?.openStreams() ?? 0);
   }
 
   async #openInbound(end: InboundEnd, persist: boolean): Promise<void> {

@@ -58,7 +58,7 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
   const closeFlow = (key: string, flow: Flow, reason: string) => {
     if (flows.get(key) !== flow) return;
     flows.delete(key);
-    if (flow.ready) countClose(stats, reason, flow.bytesIn, flow.bytesOut);
+    if (flow.ready) countClose(stats, reason);
     if (!flow.stream.destroyed) flow.stream.end();
   };
 
@@ -100,6 +100,7 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
       flow.lastActive = Date.now();
       for (const d of datagrams) {
         flow.bytesOut += d.length;
+        stats.bytesOut += d.length;
         sock.send(d, rinfo.port, rinfo.address);
       }
     });
@@ -125,6 +126,7 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
       return;
     }
     flow.bytesIn += msg.length;
+    stats.bytesIn += msg.length;
     flow.stream.write(encodeDatagram(msg));
   });
   sock.on('error', (err) => log.warn({ tunnel: end.key, reason: err.message }, 'udp socket error'));
@@ -182,7 +184,7 @@ export function serveUdpExit(
     if (finished) return;
     finished = true;
     clearInterval(idle);
-    if (open) countClose(stats, reason, bytesIn, bytesOut);
+    if (open) countClose(stats, reason);
     try {
       sock.close();
     } catch {}
@@ -225,6 +227,7 @@ export function serveUdpExit(
       lastActive = Date.now();
       for (const d of datagrams) {
         bytesIn += d.length;
+        stats.bytesIn += d.length;
         sock.send(d);
       }
     });
@@ -236,6 +239,7 @@ export function serveUdpExit(
         return;
       }
       bytesOut += msg.length;
+      stats.bytesOut += msg.length;
       stream.write(encodeDatagram(msg));
     });
   });

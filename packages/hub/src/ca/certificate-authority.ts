@@ -5,7 +5,7 @@
  */
 import { X509Certificate, createHash, createPrivateKey, sign } from 'node:crypto';
 import { isIP } from 'node:net';
-import { ErrorCodes, ZtmError, endpointUri, userUri } from '@ztm/proto';
+import { ErrorCodes, ZtmError, clusterUri, endpointUri, userUri } from '@ztm/proto';
 import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, x509 } from './x509.js';
 
 export interface KeyAndCert {
@@ -121,8 +121,15 @@ export class CertificateAuthority {
   }
 
   /** Issue an endpoint's client certificate. Identity (CN, SAN URI) comes from
-   * the hub's records, never from the CSR's subject. */
-  async issueEndpointCertificate(csr: x509.Pkcs10CertificateRequest, endpoint: string, user: string, lifetimeMs: number): Promise<IssuedCertificate> {
+   * the hub's records, never from the CSR's subject. A cluster agent's
+   * certificate names its cluster too (third SAN URI, see proto mcs.ts). */
+  async issueEndpointCertificate(
+    csr: x509.Pkcs10CertificateRequest,
+    endpoint: string,
+    user: string,
+    lifetimeMs: number,
+    cluster?: string | null,
+  ): Promise<IssuedCertificate> {
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: randomSerial(),
@@ -140,6 +147,7 @@ export class CertificateAuthority {
         new x509.SubjectAlternativeNameExtension([
           { type: 'url', value: endpointUri(this.mesh, endpoint) },
           { type: 'url', value: userUri(this.mesh, user) },
+          ...(cluster ? [{ type: 'url' as const, value: clusterUri(this.mesh, cluster) }] : []),
         ]),
       ],
     });

@@ -81,6 +81,9 @@ export function buildProgram(): Command {
     .option('--keepalive-interval <duration>', 'PING interval (default 5s)')
     .option('--keepalive-timeout <duration>', 'offline after this long without a PING answer (default 15s)')
     .option('--cert-lifetime <duration>', 'lifetime of endpoint certificates (default 30d)')
+    .option('--metrics <host:port>', 'serve /metrics (Prometheus), /healthz and /readyz here (off by default)')
+    .option('--shutdown-grace <duration>', 'on SIGTERM, how long relayed streams may finish (default 10s)')
+    .option('--mcs-lease-ttl <duration>', 'multicluster services: withdraw a cluster offline this long (default 30s)')
     .action(async (o: Record<string, string | undefined>) => {
       const config = loadHubConfig(o.config, {
         listen: o.listen,
@@ -88,6 +91,9 @@ export function buildProgram(): Command {
         keepaliveInterval: o.keepaliveInterval,
         keepaliveTimeout: o.keepaliveTimeout,
         certLifetime: o.certLifetime,
+        metrics: o.metrics,
+        shutdownGrace: o.shutdownGrace,
+        mcsLeaseTtl: o.mcsLeaseTtl,
       });
       const d = loadHubData(dataDir(o));
       const logger = createLogger(config.logLevel);
@@ -190,8 +196,27 @@ export function buildProgram(): Command {
     .addOption(dataOption())
     .option('--json', 'print JSON')
     .action(async (o: { data?: string; json?: boolean }) => {
-      const s = await adminRequest<Record<string, unknown>>({ socketPath: hubPaths(dataDir(o)).adminSocket, method: 'GET', path: AdminPaths.status });
-      out(!!o.json, s, () => printTable([Object.fromEntries(Object.entries(s).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)]))]));
+      const s = await adminRequest<HubStatus>({ socketPath: hubPaths(dataDir(o)).adminSocket, method: 'GET', path: AdminPaths.status });
+      out(!!o.json, s, () => {
+        console.log(`mesh       ${s.mesh} (hub names ${s.names.join(', ')}, listening ${s.listen.address}:${s.listen.port}, up ${s.uptimeSec}s)`);
+        console.log(`endpoints  ${s.endpoints} enrolled, ${s.online} online, ${s.revoked} revoked`);
+        console.log(`sessions   ${s.online} agent sessions (${s.sessionsWithReverse} with reverse session), ${s.unauthenticated} unauthenticated`);
+        console.log(`streams    ${s.streamsOpen} open; ${formatBytes(s.bytesRelayed)} relayed; ${formatBytes(s.throughputBytesPerSec)}/s now`);
+        const rows = Object.entries(s.tunnels).map(([tunnel, c]) => ({
+          TUNNEL: tunnel,
+          OPEN: String(c.open),
+          TOTAL: String(c.total),
+          'BYTES IN/OUT': `${formatBytes(c.bytesIn)}/${formatBytes(c.bytesOut)}`,
+          REFUSALS:
+            Object.entries(c.refusals)
+              .map(([k, n]) => `${k.replace('ZTM_ERR_', '')}:${n}`)
+              .join(',') || '-',
+        }));
+        if (rows.length) {
+          console.log('');
+          printTable(rows);
+        }
+      });
     });
 
   const config = program.command('config').description('configuration files');
@@ -205,6 +230,33 @@ export function buildProgram(): Command {
     });
 
   return program;
+}
+
+interface HubStatus {
+  mesh: string;
+  names: string[];
+  listen: { address: string; port: number };
+  endpoints: number;
+  online: number;
+  revoked: number;
+  unauthenticated: number;
+  sessionsWithReverse: number;
+  streamsOpen: number;
+  bytesRelayed: number;
+  throughputBytesPerSec: number;
+  uptimeSec: number;
+  tunnels: Record<string, { open: number; total: number; bytesIn: number; bytesOut: number; refusals: Record<string, number> }>;
+}
+
+function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
 }
 
 function printEndpoints(list: EndpointInfo[]): void {

@@ -19,8 +19,12 @@ export const HubConfigSchema = z.strictObject({
   certLifetime: durationMs('30d'),
   /** Default lifetime of a permit's join token. */
   permitTtl: durationMs('1h'),
+  /** On SIGTERM, how long relayed streams may run on before they are dropped. */
+  shutdownGrace: durationMs('10s'),
   /** TLS connections without a client certificate (enrolment) held at once. */
   maxUnauthenticated: z.number().int().positive().default(256),
+  /** Multicluster services: a cluster with no online agent keeps its exports this long. */
+  mcsLeaseTtl: durationMs('30s'),
 });
 
 export type HubConfigInput = z.input<typeof HubConfigSchema>;

@@ -20,7 +20,8 @@ export interface EnrolDeps {
   now?: () => number;
 }
 
-export async function enrol(deps: EnrolDeps, permitRaw: unknown, csrPem: string): Promise<EnrolResponse> {
+/** `cluster`: a cluster agent's cluster id, bound into its certificate and the registry. */
+export async function enrol(deps: EnrolDeps, permitRaw: unknown, csrPem: string, cluster?: string): Promise<EnrolResponse> {
   const now = deps.now?.() ?? Date.now();
   const permit = validatePermit(permitRaw);
   if (permit.mesh !== deps.ca.mesh) {
@@ -44,11 +45,12 @@ export async function enrol(deps: EnrolDeps, permitRaw: unknown, csrPem: string)
     );
   }
   const user = row.user ?? permit.endpoint;
-  const cert = await deps.ca.issueEndpointCertificate(csr, permit.endpoint, user, deps.certLifetimeMs);
+  const cert = await deps.ca.issueEndpointCertificate(csr, permit.endpoint, user, deps.certLifetimeMs, cluster);
   deps.registry.recordEnrolment({
     tokenSha256: hash,
     endpoint: permit.endpoint,
     user,
+    cluster: cluster ?? null,
     spkiSha256,
     serial: cert.serial,
     notBefore: cert.notBefore,
@@ -73,7 +75,7 @@ export async function renew(deps: EnrolDeps, endpoint: string, csrPem: string): 
   if (spkiSha256 !== ep.spki_sha256) {
     throw new ZtmError(ErrorCodes.FORBIDDEN, 'renewal must keep the enrolled key; enrol again with a new permit to change keys');
   }
-  const cert = await deps.ca.issueEndpointCertificate(csr, endpoint, ep.user, deps.certLifetimeMs);
+  const cert = await deps.ca.issueEndpointCertificate(csr, endpoint, ep.user, deps.certLifetimeMs, ep.cluster);
   deps.registry.recordRenewal(endpoint, cert, now);
   return { certificate: cert.certPem, certExpires: new Date(cert.notAfter).toISOString() };
 }

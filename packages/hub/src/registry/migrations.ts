@@ -35,4 +35,8 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE endpoints ADD COLUMN user TEXT NOT NULL DEFAULT '';
   UPDATE endpoints SET user = name WHERE user = '';
   `,
+  // 3: the cluster a cluster agent is bound to (multicluster services, proto mcs.ts)
+  `
+  ALTER TABLE endpoints ADD COLUMN cluster TEXT;
+  `,
 ];

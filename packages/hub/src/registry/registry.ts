@@ -19,6 +19,8 @@ export interface PermitRow {
 export interface EndpointRow {
   name: string;
   user: string;
+  /** Cluster agents: the cluster bound at enrolment. */
+  cluster: string | null;
   spki_sha256: string;
   enrolled_at: number;
   revoked_at: number | null;
@@ -40,6 +42,7 @@ export interface EnrolmentRecord {
   tokenSha256: string;
   endpoint: string;
   user: string;
+  cluster?: string | null;
   spkiSha256: string;
   serial: string;
   notBefore: number;
@@ -68,8 +71,9 @@ export class Registry {
       getEndpoint: db.prepare<[string], EndpointRow>('SELECT * FROM endpoints WHERE name = ?'),
       listEndpoints: db.prepare<[], EndpointRow>('SELECT * FROM endpoints ORDER BY name'),
       upsertEndpoint: db.prepare(
-        `INSERT INTO endpoints (name, spki_sha256, enrolled_at, user) VALUES (?, ?, ?, ?)
-         ON CONFLICT(name) DO UPDATE SET spki_sha256 = excluded.spki_sha256, enrolled_at = excluded.enrolled_at, user = excluded.user, revoked_at = NULL`,
+        `INSERT INTO endpoints (name, spki_sha256, enrolled_at, user, cluster) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(name) DO UPDATE SET spki_sha256 = excluded.spki_sha256, enrolled_at = excluded.enrolled_at, user = excluded.user,
+           cluster = excluded.cluster, revoked_at = NULL`,
       ),
       insertCert: db.prepare('INSERT INTO certificates (serial, endpoint, spki_sha256, not_before, not_after, issued_at) VALUES (?, ?, ?, ?, ?, ?)'),
       getCert: db.prepare<[string], CertificateRow>('SELECT * FROM certificates WHERE serial = ?'),
@@ -140,7 +144,7 @@ export class Registry {
       if (ep && ep.revoked_at === null && ep.spki_sha256 !== r.spkiSha256) {
         throw new ZtmError(ErrorCodes.NAME_TAKEN, `endpoint name ${r.endpoint} is held by another key`);
       }
-      this.#stmts.upsertEndpoint.run(r.endpoint, r.spkiSha256, r.now, r.user);
+      this.#stmts.upsertEndpoint.run(r.endpoint, r.spkiSha256, r.now, r.user, r.cluster ?? null);
       this.#stmts.insertCert.run(r.serial, r.endpoint, r.spkiSha256, r.notBefore, r.notAfter, r.now);
     })();
   }

@@ -20,18 +20,25 @@ export class RelayStats {
     return c;
   }
 
-  opened(key: string): void {
+  /** A stream starts; returns the counters its splice adds bytes to. */
+  opened(key: string): TunnelCounters {
     const c = this.#get(key);
     c.open++;
     c.total++;
+    return c;
   }
 
-  closed(key: string, reason: string, bytesIn: number, bytesOut: number): void {
+  closed(key: string, reason: string): void {
     const c = this.#get(key);
     c.open--;
-    c.bytesIn += bytesIn;
-    c.bytesOut += bytesOut;
     c.closes[reason] = (c.closes[reason] ?? 0) + 1;
+  }
+
+  /** Bytes relayed so far, both directions, all tunnels. */
+  bytesTotal(): number {
+    let n = 0;
+    for (const c of this.byTunnel.values()) n += c.bytesIn + c.bytesOut;
+    return n;
   }
 
   refused(key: string, code: string): void {

@@ -67,26 +67,31 @@ export async function relayConnection(
       }
       source.streamsOpen++;
       exit.streamsOpen++;
-      deps.stats.opened(key);
+      const meter = deps.stats.opened(key);
       inbound.respond({ ':status': 200 });
-      splice({ stream: inbound, reset: () => inbound.close(h2.NGHTTP2_CANCEL) }, { stream: outbound, reset: () => outbound.close(h2.NGHTTP2_CANCEL) }, (r) => {
-        source.streamsOpen--;
-        exit.streamsOpen--;
-        deps.stats.closed(key, r.end === 'done' ? 'closed' : 'reset', r.bytesAtoB, r.bytesBtoA);
-        deps.log.debug(
-          {
-            tunnel: key,
-            source: source.endpoint,
-            exit: exit.endpoint,
-            bytesIn: r.bytesAtoB,
-            bytesOut: r.bytesBtoA,
-            durationMs: r.durationMs,
-            end: r.end,
-            reason: r.reason,
-          },
-          'stream closed',
-        );
-      });
+      splice(
+        { stream: inbound, reset: () => inbound.close(h2.NGHTTP2_CANCEL) },
+        { stream: outbound, reset: () => outbound.close(h2.NGHTTP2_CANCEL) },
+        (r) => {
+          source.streamsOpen--;
+          exit.streamsOpen--;
+          deps.stats.closed(key, r.end === 'done' ? 'closed' : 'reset');
+          deps.log.debug(
+            {
+              tunnel: key,
+              source: source.endpoint,
+              exit: exit.endpoint,
+              bytesIn: r.bytesAtoB,
+              bytesOut: r.bytesBtoA,
+              durationMs: r.durationMs,
+              end: r.end,
+              reason: r.reason,
+            },
+            'stream closed',
+          );
+        },
+        meter,
+      );
       return;
     }
     lastError = answer;

@@ -23,6 +23,7 @@ import {
 } from '@ztm/proto';
 import { renew, type EnrolDeps } from '../enrol/enrolment.js';
 import { listEndpoints, type OperationsContext } from '../admin/operations.js';
+import type { McsHub } from '../mcs/mcs-hub.js';
 import type { AgentSession } from './agent-session.js';
 import { type RelayDeps, relayConnection } from '../relay/tunnel-relay.js';
 import type { SessionManager } from './session-manager.js';
@@ -35,6 +36,10 @@ export interface MainRouteDeps {
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
   relay: RelayDeps;
+  /** Counts control messages by type (metrics). */
+  countControl?: (type: string) => void;
+  /** Multicluster services (mcs/): takes `mcs-exports`. */
+  mcs?: McsHub;
 }
 
 export function handleMainStream(deps: MainRouteDeps, session: AgentSession, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
@@ -84,10 +89,12 @@ function openControl(deps: MainRouteDeps, session: AgentSession, stream: ServerH
     for (const f of frames) {
       try {
         const msg = parseMessage(AgentMessage, f);
+        deps.countControl?.(msg.type);
         if (msg.type === 'hello') onHello(deps, session, msg.version, msg.labels);
         else if (session.state !== 'online') throw new ZtmError(ErrorCodes.BAD_MESSAGE, `${msg.type} before hello`);
         else if (msg.type === 'outbound-ends') deps.sessions.setOutbound(session, msg.ends);
         else if (msg.type === 'inbound-ends') session.inbound = msg.ends;
+        else if (msg.type === 'mcs-exports') deps.mcs?.onExports(session, msg);
         else session.log.warn({ code: msg.code, reason: msg.message }, 'agent reported an error');
       } catch (err) {
         return fail(err);

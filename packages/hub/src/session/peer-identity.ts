@@ -5,7 +5,7 @@
  * anything the peer sends.
  */
 import type { TLSSocket } from 'node:tls';
-import { ErrorCodes, ZtmError, parseEndpointUri } from '@ztm/proto';
+import { ErrorCodes, ZtmError, clusterFromSubjectAltName, parseEndpointUri } from '@ztm/proto';
 import { spkiSha256 } from '../ca/certificate-authority.js';
 import type { Registry } from '../registry/registry.js';
 
@@ -16,6 +16,8 @@ export interface PeerIdentity {
   serial: string;
   spkiSha256: string;
   certNotAfter: number;
+  /** The cluster a cluster agent's certificate names (SAN `ztm://<mesh>/cluster/<id>`), else null. */
+  cluster: string | null;
 }
 
 export type IdentifyResult = { kind: 'endpoint'; identity: PeerIdentity } | { kind: 'anonymous'; error: ZtmError } | { kind: 'refused'; error: ZtmError };
@@ -60,5 +62,15 @@ export function identifyPeer(socket: TLSSocket, registry: Registry, mesh: string
   }
   const notAfter = Date.parse(cert.validTo);
   if (notAfter <= now) return { kind: 'refused', error: new ZtmError(ErrorCodes.UNAUTHENTICATED, 'certificate expired: enrol again') };
-  return { kind: 'endpoint', identity: { endpoint: id.name, user: ep.user, serial, spkiSha256: spki, certNotAfter: notAfter } };
+  return {
+    kind: 'endpoint',
+    identity: {
+      endpoint: id.name,
+      user: ep.user,
+      serial,
+      spkiSha256: spki,
+      certNotAfter: notAfter,
+      cluster: clusterFromSubjectAltName(cert.subjectAltName, mesh),
+    },
+  };
 }

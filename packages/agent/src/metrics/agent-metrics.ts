@@ -1,0 +1,94 @@
+/**
+ * The agent's Prometheus metrics (prom-client, one registry per agent), read
+ * from live state at scrape time: nothing is added to the data path.
+ */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { HubClient } from '../session/hub-client.js';
+import type { TunnelManager } from '../tunnel/tunnel-manager.js';
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly reconnects: Counter;
+
+  constructor(client: HubClient, tunnels: TunnelManager) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'ztm_agent_process_' });
+    this.reconnects = new Counter({ name: 'ztm_agent_hub_sessions_lost_total', help: 'Hub sessions lost (each is followed by a re-dial)', registers });
+    new Gauge({
+      name: 'ztm_agent_hub_online',
+      help: '1 while a session with the hub is up',
+      registers,
+      collect() {
+        this.set(client.state === 'online' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ztm_agent_hub_rtt_seconds',
+      help: 'Last HTTP/2 PING round trip to the hub',
+      registers,
+      collect() {
+        const rtt = client.snapshot().rttMs;
+        if (rtt !== null) this.set(rtt / 1000);
+      },
+    });
+    new Gauge({
+      name: 'ztm_agent_tunnel_streams_open',
+      help: 'Tunnelled connections (UDP: flows) open now',
+      labelNames: ['tunnel', 'direction'],
+      registers,
+      collect() {
+        for (const v of tunnels.list()) this.set({ tunnel: v.tunnel, direction: v.direction }, v.stats.open);
+      },
+    });
+    new Counter({
+      name: 'ztm_agent_tunnel_streams_total',
+      help: 'Tunnelled connections finished, by how they ended',
+      labelNames: ['tunnel', 'direction', 'reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of tunnels.list())
+          for (const [reason, n] of Object.entries(v.stats.closes)) this.inc({ tunnel: v.tunnel, direction: v.direction, reason }, n);
+      },
+    });
+    new Counter({
+      name: 'ztm_agent_tunnel_failures_total',
+      help: 'Tunnelled connections refused or failed, by error code',
+      labelNames: ['tunnel', 'direction', 'code'],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of tunnels.list())
+          for (const [code, n] of Object.entries(v.stats.failures)) this.inc({ tunnel: v.tunnel, direction: v.direction, code }, n);
+      },
+    });
+    new Counter({
+      name: 'ztm_agent_tunnel_bytes_total',
+      help: 'Bytes carried by finished tunnelled connections (in: from the local side)',
+      labelNames: ['tunnel', 'direction', 'flow'],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of tunnels.list()) {
+          this.inc({ tunnel: v.tunnel, direction: v.direction, flow: 'in' }, v.stats.bytesIn);
+          this.inc({ tunnel: v.tunnel, direction: v.direction, flow: 'out' }, v.stats.bytesOut);
+        }
+      },
+    });
+    new Counter({
+      name: 'ztm_agent_udp_dropped_total',
+      help: 'UDP datagrams dropped (backlog full, flow not ready, no session)',
+      labelNames: ['tunnel', 'direction'],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of tunnels.list()) if (v.tunnel.startsWith('udp/')) this.inc({ tunnel: v.tunnel, direction: v.direction }, v.stats.dropped);
+      },
+    });
+    client.on('offline', () => this.reconnects.inc());
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
