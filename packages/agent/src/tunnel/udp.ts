@@ -175,8 +175,6 @@ export function serveUdpExit(
     recvBufferSize: UDP_SOCKET_BUFFER_BYTES,
     sendBufferSize: UDP_SOCKET_BUFFER_BYTES,
   });
-  let bytesIn = 0;
-  let bytesOut = 0;
   let lastActive = Date.now();
   let open = false;
   let finished = false;
@@ -226,7 +224,6 @@ export function serveUdpExit(
       }
       lastActive = Date.now();
       for (const d of datagrams) {
-        bytesIn += d.length;
         stats.bytesIn += d.length;
         sock.send(d);
       }
@@ -238,7 +235,6 @@ export function serveUdpExit(
         stats.dropped++;
         return;
       }
-      bytesOut += msg.length;
       stats.bytesOut += msg.length;
       stream.write(encodeDatagram(msg));
     });
