@@ -3,6 +3,7 @@
  * local admin API.
  */
 import type { Server } from 'node:http';
+import { join } from 'node:path';
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { pipeline } from 'node:stream';
 import {
@@ -22,7 +23,9 @@ import { CertificateRenewer } from './identity/renewal.js';
 import type { Logger } from './log.js';
 import { requestJson } from './session/h2-json.js';
 import { HubClient } from './session/hub-client.js';
+import { FileSync } from './files/file-sync.js';
 import { TunnelManager } from './tunnel/tunnel-manager.js';
+import type { KubernetesMode } from './k8s/kubernetes-mode.js';
 import { AgentMetrics } from './metrics/agent-metrics.js';
 
 export interface AgentDeps {
@@ -49,6 +52,8 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const log = base.child({ component: 'agent' });
   const identity = config.hubs ? { ...deps.identity, hubs: [...config.hubs] } : deps.identity;
   let admin: Server | undefined;
+  /** Kubernetes mode (multicluster services): loaded only when configured. */
+  let kube: KubernetesMode | undefined;
   let resolveDone!: () => void;
   let rejectDone!: (err: ZtmError) => void;
   const done = new Promise<void>((res, rej) => {
@@ -75,6 +80,10 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     udpIdleMs: config.udpIdleTimeout,
   });
   client.on('online', () => tunnels.announce());
+  const filesDir = config.filesDir ?? (deps.dataDir ? join(deps.dataDir, 'files') : undefined);
+  const files = filesDir
+    ? new FileSync({ client, filesDir, indexFile: deps.dataDir ? join(deps.dataDir, 'files-index.json') : undefined, log: base.child({ component: 'files' }) })
+    : undefined;
   const metrics = new AgentMetrics(client, tunnels);
   let metricsServer: Server | undefined;
   const renewer = new CertificateRenewer(identity, client, deps.dataDir, base.child({ component: 'renewal' }));
@@ -94,6 +103,11 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     stream.end(JSON.stringify(e.toWire()));
   }
 
+  function filesOrThrow(): FileSync {
+    if (!files) throw new ZtmError(ErrorCodes.CONFIG, 'file sharing needs a data directory or filesDir');
+    return files;
+  }
+
   function status(): Record<string, unknown> {
     const cert = certificateTimes(renewer.identity.certPem);
     return {
@@ -107,6 +121,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         renewAt: new Date(CertificateRenewer.dueAt(renewer.identity.certPem)).toISOString(),
       },
       tunnels: tunnels.list(),
+      ...(kube ? { kubernetes: kube.status() } : {}),
       pid: process.pid,
       uptimeSec: Math.round(process.uptime()),
     };
@@ -122,6 +137,17 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     [`GET ${AdminPaths.status}`]: () => status(),
     [`GET ${AdminPaths.endpoints}`]: () => endpoints(),
     [`GET ${AdminPaths.tunnels}`]: () => tunnels.list(),
+    [`GET ${AdminPaths.files}`]: () => filesOrThrow().list(),
+    [`POST ${AdminPaths.filePublish}`]: (body) => {
+      const b = (body ?? {}) as { path?: unknown; name?: unknown };
+      if (typeof b.path !== 'string' || typeof b.name !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'path and name are required');
+      return filesOrThrow().publish(b.path, b.name);
+    },
+    [`POST ${AdminPaths.fileUnpublish}`]: (body) => {
+      const b = (body ?? {}) as { name?: unknown };
+      if (typeof b.name !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'name is required');
+      return filesOrThrow().unpublish(b.name);
+    },
     [`POST ${AdminPaths.tunnelOpen}`]: (body) => {
       const b = (body ?? {}) as Record<string, unknown>;
       if (b.direction === 'inbound') return tunnels.openInbound(b);
@@ -150,14 +176,31 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
         });
       }
       await tunnels.start();
+      await files?.start();
+      if (config.kubeconfig || config.kubernetesInCluster) {
+        const { startKubernetesMode } = await import('./k8s/kubernetes-mode.js');
+        kube = await startKubernetesMode({
+          kubeconfig: config.kubeconfig,
+          clusterId: config.clusterId,
+          certPem: identity.certPem,
+          mesh: identity.mesh,
+          advertiseAddress: config.advertiseAddress,
+          client,
+          tunnels,
+          log: base.child({ component: 'k8s' }),
+          udpIdleMs: config.udpIdleTimeout,
+        });
+      }
       client.start();
       renewer.start();
     },
     async close() {
       renewer.stop();
+      await kube?.close();
       admin?.close();
       // Drain: no new local connections; live ones get up to shutdownGrace.
       tunnels.stopListening();
+      files?.stop();
       const deadline = Date.now() + config.shutdownGrace;
       while (tunnels.openStreams() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       if (tunnels.openStreams() > 0) log.warn({ streams: tunnels.openStreams() }, 'grace period over; dropping connections still open');

@@ -21,6 +21,7 @@ export function hubPaths(dir: string) {
     hubKey: join(dir, 'hub.key'),
     db: join(dir, 'hub.db'),
     adminSocket: join(dir, ADMIN_SOCKET_NAME),
+    content: join(dir, 'content'),
   };
 }
 

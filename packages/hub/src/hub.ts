@@ -35,7 +35,10 @@ import type { HubConfig } from './config/hub-config.js';
 import { type EnrolDeps, enrol } from './enrol/enrolment.js';
 import type { Logger } from './log.js';
 import type { Registry } from './registry/registry.js';
+import { ContentStore } from './files/content-store.js';
+import { FileService } from './files/file-service.js';
 import { HubMetrics } from './metrics/hub-metrics.js';
+import { FileCatalogue } from './registry/file-catalogue.js';
 import { McsHub } from './mcs/mcs-hub.js';
 import { RelayStats } from './relay/relay-stats.js';
 import { AgentSession } from './session/agent-session.js';
@@ -49,6 +52,8 @@ export interface HubDeps {
   registry: Registry;
   names: readonly string[];
   logger: Logger;
+  /** Directory of the file content store; none: file sharing disabled. */
+  contentDir?: string;
   /** Unix socket path for the admin API; none in library use. */
   adminSocket?: string;
 }
@@ -100,6 +105,16 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     relay: { sessions, stats, log: log.child({ component: 'relay' }) },
     mcs,
     countControl: (type) => metrics.controlMessages.inc({ type }),
+    files: deps.contentDir
+      ? new FileService({
+          catalogue: new FileCatalogue(deps.registry),
+          store: new ContentStore(deps.contentDir),
+          sessions,
+          log: log.child({ component: 'files' }),
+          maxFileBytes: config.maxFileSize,
+          maxTransfers: config.maxTransfers,
+        })
+      : undefined,
   };
   let anonymous = 0;
   let closing = false;

@@ -15,3 +15,4 @@ export * from './splice.js';
 export * from './h2-io.js';
 export * from './mcs.js';
 export * from './metrics-http.js';
+export * from './files.js';

@@ -90,7 +90,30 @@ export const InboundEnds = z.strictObject({
 });
 
 export const AgentMessage = z.discriminatedUnion('type', [Hello, OutboundEnds, InboundEnds, ErrorMessage, McsExports]);
-export const HubMessage = z.discriminatedUnion('type', [Welcome, ReverseRequest, Revoked, ErrorMessage, McsImports, McsStatus]);
+/** hub → agent, right after `welcome` (full: the whole catalogue, tombstones
+ * included) and on every publish/unpublish (a delta). Agents fetch what they
+ * lack and remove what was unpublished. No answer. */
+export const FilesMessage = z.strictObject({
+  type: z.literal('files'),
+  full: z.boolean(),
+  entries: z
+    .array(
+      z.strictObject({
+        name: z.string().max(255),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/),
+        size: z.number().int().nonnegative(),
+        publisher: z.string().max(63),
+        user: z.string().max(63),
+        publishedAt: z.string(),
+        deleted: z.boolean(),
+        version: z.number().int().nonnegative(),
+      }),
+    )
+    .max(100_000),
+});
+export type FilesMessage = z.infer<typeof FilesMessage>;
+
+export const HubMessage = z.discriminatedUnion('type', [Welcome, ReverseRequest, Revoked, ErrorMessage, FilesMessage, McsImports, McsStatus]);
 
 export type Hello = z.infer<typeof Hello>;
 export type Welcome = z.infer<typeof Welcome>;

@@ -53,6 +53,9 @@ export const AdminPaths = {
   tunnels: '/tunnels',
   tunnelOpen: '/tunnels/open',
   tunnelClose: '/tunnels/close',
+  files: '/files',
+  filePublish: '/files/publish',
+  fileUnpublish: '/files/unpublish',
 } as const;
 
 /** File name of the admin socket inside the data directory. */

@@ -3,9 +3,11 @@
  * refusal, stops. The only place that calls process.exit.
  */
 import { readFileSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import {
   AdminPaths,
+  CLUSTER_ID_PATTERN,
   ConfigError,
   type EndpointInfo,
   ErrorCodes,
@@ -15,6 +17,7 @@ import {
   printTable,
   reportCliError,
   tunnelKey,
+  type FileEntry,
 } from '@ztm/proto';
 import { newEndStats } from '../tunnel/end-stats.js';
 import type { TunnelView } from '../tunnel/tunnel-manager.js';
@@ -25,6 +28,7 @@ import { loadAgentConfig } from '../config/agent-config.js';
 import { agentPaths, defaultAgentDataDir, loadIdentity } from '../identity/identity-store.js';
 import { join } from '../identity/join.js';
 import { createLogger } from '../log.js';
+import { type KubernetesStatus, certificateCluster, printKubernetesStatus } from '../k8s/status-view.js';
 
 const dataOption = () => new Option('--data <dir>', 'agent data directory (env ZTM_DATA)');
 const dataDir = (o: { data?: string }) => o.data ?? defaultAgentDataDir();
@@ -50,17 +54,30 @@ export function buildProgram(): Command {
     .requiredOption('--permit <file>', 'permit file from ztm-hub permit create')
     .addOption(dataOption())
     .option('--hub <host:port>', "hub address to use instead of the permit's")
+    .option('--kubeconfig <file>', 'enrol as the agent of this Kubernetes cluster (binds its cluster id into the certificate)')
+    .option('--in-cluster', 'like --kubeconfig, with the in-cluster service account (inside a pod)')
+    .option('--cluster-id <id>', 'cluster id when the cluster has no ClusterProperty cluster.clusterset.k8s.io (default: kube-system UID)')
     .option('--json', 'print JSON')
-    .action(async (o: { permit: string; data?: string; hub?: string; json?: boolean }) => {
+    .action(async (o: { permit: string; data?: string; hub?: string; json?: boolean; kubeconfig?: string; inCluster?: boolean; clusterId?: string }) => {
+      let cluster: string | undefined;
+      if (o.kubeconfig || o.inCluster) {
+        const { clusterForJoin } = await import('../k8s/join-cluster.js');
+        cluster = (await clusterForJoin({ kubeconfig: o.kubeconfig, clusterId: o.clusterId })).id;
+      } else if (o.clusterId !== undefined) {
+        if (!CLUSTER_ID_PATTERN.test(o.clusterId)) throw new Error(`--cluster-id ${JSON.stringify(o.clusterId)} must be a DNS label of at most 63 characters`);
+        cluster = o.clusterId;
+      }
       let text: string;
       try {
         text = readFileSync(o.permit, 'utf8');
       } catch (err) {
         throw new Error(`cannot read permit ${o.permit}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
       }
-      const r = await join(dataDir(o), text, { hub: o.hub });
+      const r = await join(dataDir(o), text, { hub: o.hub, cluster });
       out(!!o.json, r, () =>
-        console.log(`joined mesh ${r.mesh} as ${r.endpoint} (certificate valid until ${r.certExpires})\nnext: ztm-agent run --data ${dataDir(o)}`),
+        console.log(
+          `joined mesh ${r.mesh} as ${r.endpoint}${r.cluster ? ` for cluster ${r.cluster}` : ''} (certificate valid until ${r.certExpires})\nnext: ztm-agent run --data ${dataDir(o)}${o.kubeconfig ? ` --kubeconfig ${o.kubeconfig}` : ''}`,
+        ),
       );
     });
 
@@ -75,6 +92,10 @@ export function buildProgram(): Command {
     .option('--keepalive-timeout <duration>', 'hub considered lost after this long without a PING answer (default 15s)')
     .option('--metrics <host:port>', 'serve /metrics (Prometheus), /healthz and /readyz here (off by default)')
     .option('--shutdown-grace <duration>', 'on SIGTERM, how long tunnelled connections may finish (default 10s)')
+    .option('--kubeconfig <file>', 'Kubernetes mode: export and import Services (MCS API) of this cluster')
+    .option('--in-cluster', 'Kubernetes mode with the in-cluster service account (the default inside a pod for a cluster agent)')
+    .option('--cluster-id <id>', 'cluster id when the cluster has no ClusterProperty (must match the certificate)')
+    .option('--advertise-address <ip>', 'Kubernetes mode: address pods reach this agent on (default: env POD_IP)')
     .action(
       async (o: {
         data?: string;
@@ -85,17 +106,29 @@ export function buildProgram(): Command {
         keepaliveTimeout?: string;
         metrics?: string;
         shutdownGrace?: string;
+        kubeconfig?: string;
+        inCluster?: boolean;
+        clusterId?: string;
+        advertiseAddress?: string;
       }) => {
-        const config = loadAgentConfig(o.config, {
+        let config = loadAgentConfig(o.config, {
           logLevel: o.logLevel,
           hubs: o.hub?.flatMap((h) => h.split(',')),
           keepaliveInterval: o.keepaliveInterval,
           keepaliveTimeout: o.keepaliveTimeout,
           metrics: o.metrics,
           shutdownGrace: o.shutdownGrace,
+          kubeconfig: o.kubeconfig,
+          kubernetesInCluster: o.inCluster,
+          clusterId: o.clusterId,
+          advertiseAddress: o.advertiseAddress ?? (process.env.POD_IP || undefined),
         });
         const dir = dataDir(o);
         const identity = loadIdentity(dir);
+        // Inside a pod, a cluster agent (certificate names a cluster) is in Kubernetes mode by default.
+        if (!config.kubeconfig && !config.kubernetesInCluster && process.env.KUBERNETES_SERVICE_HOST && certificateCluster(identity)) {
+          config = Object.freeze({ ...config, kubernetesInCluster: true });
+        }
         const logger = createLogger(config.logLevel);
         const agent = createAgent(config, { identity, logger, dataDir: dir, adminSocket: agentPaths(dir).adminSocket });
         await agent.start();
@@ -128,6 +161,7 @@ export function buildProgram(): Command {
         );
         console.log(`reverse   ${hub.reverse ? 'open' : 'closed'}`);
         console.log(`cert      expires ${cert.expires}, renews at ${cert.renewAt}`);
+        if (s.kubernetes) printKubernetesStatus(s.kubernetes as KubernetesStatus);
         const tunnels = (s.tunnels ?? []) as TunnelView[];
         if (tunnels.length) {
           console.log('');
@@ -214,6 +248,50 @@ export function buildProgram(): Command {
         return listOffline(dataDir(o));
       });
       out(!!o.json, list, () => printTunnels(list));
+    });
+
+  program
+    .command('publish')
+    .description('share a file with every endpoint of the mesh')
+    .argument('<kind>', 'what to publish: file')
+    .argument('<path>', 'the local file')
+    .option('--as <name>', 'name in the mesh (a relative path); default: the file name')
+    .addOption(dataOption())
+    .option('--json', 'print JSON')
+    .action(async (kind: string, path: string, o: { as?: string; data?: string; json?: boolean }) => {
+      if (kind !== 'file') throw new Error(`can only publish a file (ztm-agent publish file PATH), not ${JSON.stringify(kind)}`);
+      const name = o.as ?? basename(path);
+      const e = await admin<FileEntry>(o, 'POST', AdminPaths.filePublish, { path: resolve(path), name });
+      out(!!o.json, e, () => console.log(`published ${e.name} (${e.size} bytes, sha256 ${e.sha256.slice(0, 16)}…, version ${e.version})`));
+    });
+  program
+    .command('unpublish <name>')
+    .description('remove a published file from every endpoint')
+    .addOption(dataOption())
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: { data?: string; json?: boolean }) => {
+      const e = await admin<FileEntry>(o, 'POST', AdminPaths.fileUnpublish, { name });
+      out(!!o.json, e, () => console.log(`unpublished ${e.name}`));
+    });
+  program
+    .command('files')
+    .description('the mesh file catalogue and the state of each file here')
+    .addOption(dataOption())
+    .option('--json', 'print JSON')
+    .action(async (o: { data?: string; json?: boolean }) => {
+      const list = await admin<(FileEntry & { local: string })[]>(o, 'GET', AdminPaths.files);
+      out(!!o.json, list, () =>
+        printTable(
+          list.map((f) => ({
+            NAME: f.name,
+            SIZE: String(f.size),
+            SHA256: `${f.sha256.slice(0, 16)}…`,
+            PUBLISHER: f.publisher,
+            TIME: f.publishedAt,
+            LOCAL: f.local,
+          })),
+        ),
+      );
     });
 
   const config = program.command('config').description('configuration files');

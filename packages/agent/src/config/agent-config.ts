@@ -2,7 +2,7 @@
  * The agent's configuration: one zod schema for type and validator, unknown
  * keys rejected, every problem reported with its path, defaults here only.
  */
-import { ConfigError, durationMs, hostPortSchema, loadConfig, logLevelSchema, parseConfig } from '@ztm/proto';
+import { CLUSTER_ID_PATTERN, ConfigError, durationMs, hostPortSchema, loadConfig, logLevelSchema, parseConfig } from '@ztm/proto';
 import { z } from 'zod';
 
 export const AgentConfigSchema = z.strictObject({
@@ -33,8 +33,17 @@ export const AgentConfigSchema = z.strictObject({
     .default({ inbound: [], outbound: [] }),
   /** On SIGTERM, how long tunnelled connections may run on before they are dropped. */
   shutdownGrace: durationMs('10s'),
+  /** Where received mesh files appear under their names (default DATA/files). */
+  filesDir: z.string().min(1).optional(),
   /** UDP flows idle this long are closed. */
   udpIdleTimeout: durationMs('60s'),
+  /** Kubernetes mode (multicluster services, k8s/): on with a kubeconfig or in-cluster config. */
+  kubeconfig: z.string().min(1).optional(),
+  kubernetesInCluster: z.boolean().default(false),
+  /** Cluster id when the cluster has no ClusterProperty (the certificate's binds). */
+  clusterId: z.string().regex(CLUSTER_ID_PATTERN, 'must be a DNS label of at most 63 characters').optional(),
+  /** Address pods reach this agent on (its pod IP): imported EndpointSlices name it. */
+  advertiseAddress: z.union([z.ipv4(), z.ipv6()]).optional(),
 });
 
 export type AgentConfigInput = z.input<typeof AgentConfigSchema>;

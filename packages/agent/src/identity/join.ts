@@ -25,6 +25,8 @@ export interface JoinOptions {
   /** Use this hub address instead of the permit's (NAT, port forward). */
   hub?: string;
   timeoutMs?: number;
+  /** Cluster agents: the cluster id to bind into the certificate. */
+  cluster?: string;
 }
 
 export interface JoinResult {
@@ -32,6 +34,7 @@ export interface JoinResult {
   endpoint: string;
   certExpires: string;
   hub: string;
+  cluster?: string;
 }
 
 export async function join(dir: string, permitText: string, opts: JoinOptions = {}): Promise<JoinResult> {
@@ -58,7 +61,7 @@ export async function join(dir: string, permitText: string, opts: JoinOptions = 
       const socket = await dialTls(hub, { ca: permit.ca, alpn: ALPN_SESSION, timeoutMs: opts.timeoutMs });
       session = http2.connect(`https://${hub}`, { createConnection: () => socket, ...http2SessionOptions });
       session.on('error', () => {});
-      const out = await requestJson<EnrolResponse>(session, 'POST', Paths.enrol, { permit, csr }, opts.timeoutMs);
+      const out = await requestJson<EnrolResponse>(session, 'POST', Paths.enrol, { permit, csr, ...(opts.cluster ? { cluster: opts.cluster } : {}) }, opts.timeoutMs);
       saveIdentity(dir, {
         mesh: out.mesh,
         endpoint: out.endpoint,
@@ -68,7 +71,7 @@ export async function join(dir: string, permitText: string, opts: JoinOptions = 
         caPem: out.ca,
         enrolledAt: new Date().toISOString(),
       });
-      return { mesh: out.mesh, endpoint: out.endpoint, certExpires: out.certExpires, hub };
+      return { mesh: out.mesh, endpoint: out.endpoint, certExpires: out.certExpires, hub, ...(opts.cluster ? { cluster: opts.cluster } : {}) };
     } catch (err) {
       lastError = err instanceof ZtmError ? err : new ZtmError(ErrorCodes.HUB_UNREACHABLE, String(err));
       if (isFatal(lastError.code)) throw lastError; // the hub said no: another address will say the same

@@ -13,6 +13,7 @@ import * as http2 from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 import {
   type AgentMessage,
+  type FilesMessage,
   ALPN_REVERSE,
   ALPN_SESSION,
   type ErrorCode,
@@ -71,7 +72,7 @@ interface Connection {
   dead: boolean;
 }
 
-export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [string]; fatal: [ZtmError]; mcs: [McsImports | McsStatus] }> {
+export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [string]; fatal: [ZtmError]; mcs: [McsImports | McsStatus]; files: [FilesMessage] }> {
   readonly #o: HubClientOptions;
   #identity: AgentIdentity;
   #state: HubClientState = 'idle';
@@ -277,6 +278,9 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
                 const e = new ZtmError(isKnown(msg.code) ? msg.code : ErrorCodes.INTERNAL, `hub says: ${msg.message}`);
                 if (!conn.welcome) settle(e);
                 else this.#o.log.warn({ code: msg.code, reason: msg.message }, 'hub reported an error');
+              } else if (msg.type === 'files') {
+                // May arrive right after welcome, before this connection is adopted.
+                if (!conn.dead) this.emit('files', msg);
               } else if ((msg.type === 'mcs-imports' || msg.type === 'mcs-status') && this.#conn === conn) {
                 this.emit('mcs', msg); // Kubernetes mode (k8s/) takes these
               }

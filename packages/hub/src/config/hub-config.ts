@@ -3,7 +3,7 @@
  * the validator. Unknown keys are rejected; every problem is reported with its
  * path; durations may be written "30s"; defaults live here and nowhere else.
  */
-import { ConfigError, durationMs, hostPortSchema, loadConfig, logLevelSchema, parseConfig } from '@ztm/proto';
+import { ConfigError, DEFAULT_MAX_FILE_BYTES, durationMs, hostPortSchema, loadConfig, logLevelSchema, parseConfig } from '@ztm/proto';
 import { z } from 'zod';
 
 export const HubConfigSchema = z.strictObject({
@@ -19,6 +19,10 @@ export const HubConfigSchema = z.strictObject({
   certLifetime: durationMs('30d'),
   /** Default lifetime of a permit's join token. */
   permitTtl: durationMs('1h'),
+  /** Largest file an agent may publish, in bytes. */
+  maxFileSize: z.number().int().positive().default(DEFAULT_MAX_FILE_BYTES),
+  /** File uploads and downloads the hub serves at once; more wait (429, retried). */
+  maxTransfers: z.number().int().positive().default(32),
   /** On SIGTERM, how long relayed streams may run on before they are dropped. */
   shutdownGrace: durationMs('10s'),
   /** TLS connections without a client certificate (enrolment) held at once. */

@@ -39,4 +39,17 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE endpoints ADD COLUMN cluster TEXT;
   `,
+  // 4: the mesh file catalogue (files/), tombstones included
+  `
+  CREATE TABLE files (
+    name          TEXT PRIMARY KEY,
+    sha256        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    publisher     TEXT NOT NULL,
+    user          TEXT NOT NULL,
+    published_at  INTEGER NOT NULL,
+    deleted       INTEGER NOT NULL DEFAULT 0,
+    version       INTEGER NOT NULL
+  );
+  `,
 ];

@@ -97,6 +97,11 @@ export class Registry {
     }
   }
 
+  /** For the other stores of registry/ (same database, same transactions). */
+  get database(): Database.Database {
+    return this.#db;
+  }
+
   get schemaVersion(): number {
     return this.#db.pragma('user_version', { simple: true }) as number;
   }

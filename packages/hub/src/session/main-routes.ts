@@ -24,6 +24,7 @@ import {
 import { renew, type EnrolDeps } from '../enrol/enrolment.js';
 import { listEndpoints, type OperationsContext } from '../admin/operations.js';
 import type { McsHub } from '../mcs/mcs-hub.js';
+import type { FileService } from '../files/file-service.js';
 import type { AgentSession } from './agent-session.js';
 import { type RelayDeps, relayConnection } from '../relay/tunnel-relay.js';
 import type { SessionManager } from './session-manager.js';
@@ -38,6 +39,8 @@ export interface MainRouteDeps {
   relay: RelayDeps;
   /** Counts control messages by type (metrics). */
   countControl?: (type: string) => void;
+  /** Mesh files (routes under /v1/files and /v1/content); absent: disabled. */
+  files?: FileService;
   /** Multicluster services (mcs/): takes `mcs-exports`. */
   mcs?: McsHub;
 }
@@ -48,6 +51,7 @@ export function handleMainStream(deps: MainRouteDeps, session: AgentSession, str
   stream.on('error', () => {}); // resets are normal; the session logs what matters
   if (method === 'POST' && path === Paths.control) return void openControl(deps, session, stream);
   const tunnel = method === 'POST' ? tunnelFromPath(path) : null;
+  if (deps.files?.handle(session, stream, headers)) return;
   if (tunnel) {
     if (session.state !== 'online') respondError(stream, new ZtmError(ErrorCodes.BAD_REQUEST, 'say hello on the control stream first'));
     else void relayConnection(deps.relay, session, stream, headers, tunnel);
@@ -127,4 +131,5 @@ function onHello(deps: MainRouteDeps, session: AgentSession, version: number, la
     certExpires: new Date(session.identity.certNotAfter).toISOString(),
   });
   session.log.info({ address: session.address }, 'endpoint online');
+  deps.files?.sendCatalogue(session);
 }

@@ -1,0 +1,72 @@
+/**
+ * Mesh files: publish once, every agent receives it, verified.
+ *
+ *   publisher                          hub                               every agent
+ *   GET  /v1/content/SHA/status  ──▶  {complete, received}
+ *   PUT  /v1/content/SHA         ──▶  appends at `ztm-offset` (resumable);
+ *        (ztm-offset, ztm-size)       verifies SHA-256 when all bytes are in
+ *   POST /v1/files {name,sha256,size} ▶ catalogue entry (publisher from cert)
+ *                                     ── control `files` delta ──────────▶  GET /v1/content/SHA
+ *                                                                           (range: bytes=N- to resume)
+ *                                                                           verify, rename into place
+ *   DELETE /v1/files/NAME        ──▶  tombstone ── `files` delta ───────▶  remove local copy
+ *
+ * Content is addressed by SHA-256 and moved as streams (never whole in
+ * memory). A name may be replaced or removed only by the user that first
+ * published it.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { ErrorCodes, ZtmError } from './errors.js';
+
+export interface FileEntry {
+  name: string;
+  sha256: string;
+  size: number;
+  publisher: string;
+  user: string;
+  publishedAt: string;
+  deleted: boolean;
+  version: number;
+}
+
+export const FilePaths = {
+  publish: '/v1/files',
+  entry: (name: string) => `/v1/files/${encodeURIComponent(name)}`,
+  content: (sha256: string) => `/v1/content/${sha256}`,
+  contentStatus: (sha256: string) => `/v1/content/${sha256}/status`,
+} as const;
+
+export const FileHeaders = {
+  offset: 'ztm-offset',
+  size: 'ztm-size',
+} as const;
+
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/** Names are relative paths of safe segments: no `..`, no absolute paths, no
+ * empty or hidden-by-dot-only segments, at most 255 bytes. */
+export function validateFileName(name: string): string {
+  const bad = (why: string) => new ZtmError(ErrorCodes.BAD_REQUEST, `file name ${JSON.stringify(name)} is not allowed: ${why}`);
+  if (typeof name !== 'string' || name.length === 0) throw bad('it is empty');
+  if (Buffer.byteLength(name) > 255) throw bad('longer than 255 bytes');
+  if (name.startsWith('/') || /^[A-Za-z]:/.test(name)) throw bad('absolute paths are refused; use a relative name like app/config.json');
+  for (const seg of name.split('/')) {
+    if (seg === '..' || seg === '.') throw bad("'.' and '..' segments are refused");
+    if (seg === '') throw bad('empty path segment');
+    if (!/^[A-Za-z0-9._@+-]+$/.test(seg)) throw bad("use letters, digits and . _ - @ + in each segment");
+    if (seg.startsWith('.ztm')) throw bad("names starting with '.ztm' are reserved");
+  }
+  return name;
+}
+
+/** Largest file the hub accepts unless configured otherwise. */
+export const DEFAULT_MAX_FILE_BYTES = 4 * 1024 ** 3;
+
+/** SHA-256 of a file, streamed (constant memory), lowercase hex. */
+export async function sha256OfFile(path: string): Promise<string> {
+  const h = createHash('sha256');
+  await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), h);
+  return h.digest('hex');
+}
