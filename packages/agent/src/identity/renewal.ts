@@ -58,7 +58,7 @@ export class CertificateRenewer {
 
   async #renew(): Promise<void> {
     const session = this.#client.session;
-    if (!session || this.#client.state !== 'online') return this.#schedule(RETRY_MS / 10);
+    if (!session || this.#client.state !== 'online') return this.#schedule(Math.min(RETRY_MS / 10, 1000));
     try {
       const csr = await createCsrPem(this.#identity.keyPem, this.#identity.endpoint);
       const out = await requestJson<RenewResponse>(session, 'POST', Paths.renew, { csr });
@@ -68,8 +68,11 @@ export class CertificateRenewer {
       this.#client.useIdentity(this.#identity);
       this.start();
     } catch (err) {
-      this.#log.warn({ reason: (err as Error).message }, 'certificate renewal failed; will retry');
-      this.#schedule(RETRY_MS);
+      // Retry well before expiry: at most 30 s, at most a quarter of what is left.
+      const left = certificateTimes(this.#identity.certPem).notAfter - Date.now();
+      const retry = Math.max(250, Math.min(RETRY_MS, Math.floor(left / 4)));
+      this.#log.warn({ reason: (err as Error).message, retryMs: retry }, 'certificate renewal failed; will retry');
+      this.#schedule(retry);
     }
   }
 }

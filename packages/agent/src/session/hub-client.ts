@@ -241,15 +241,20 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
             if (conn.welcome) this.#onConnectionClosed(conn, 'hub sent GOAWAY');
           });
           control.on('error', () => {});
+          let framed = false; // frames only after a 200: an error answer carries a JSON body
           control.on('response', (h) => {
             const status = Number(h[':status']);
-            if (status === 200) return;
+            if (status === 200) {
+              framed = true;
+              return;
+            }
             readJsonBody(control)
               .then((body) => settle(fromWire(body, status)))
               .catch(() => settle(new ZtmError(ErrorCodes.HUB_UNREACHABLE, `hub answered ${status}`)));
           });
           const decoder = new FrameDecoder();
           control.on('data', (chunk: Buffer) => {
+            if (!framed) return;
             let frames: unknown[];
             try {
               frames = decoder.push(chunk);

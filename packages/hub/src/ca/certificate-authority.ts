@@ -131,11 +131,14 @@ export class CertificateAuthority {
     cluster?: string | null,
   ): Promise<IssuedCertificate> {
     const now = Date.now();
+    // Backdate for clock skew, but by no more than a tenth of the lifetime, so
+    // short-lived certificates still renew at two thirds of their real life.
+    const backdate = Math.min(BACKDATE_MS, Math.floor(lifetimeMs / 10));
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: randomSerial(),
       subject: `CN=${endpoint},O=ztm mesh ${this.mesh}`,
       issuer: this.#cert.subject,
-      notBefore: new Date(now - BACKDATE_MS),
+      notBefore: new Date(now - backdate),
       notAfter: new Date(now + lifetimeMs),
       publicKey: csr.publicKey,
       signingKey: (await this.#signingKey()) as never,

@@ -1,0 +1,92 @@
+/**
+ * Restarts and losses: the hub restarted (gracefully and by kill -9) keeps its
+ * endpoints, certificates and revocations and the agents come back on their
+ * own; an agent killed or frozen is seen offline within the keepalive timeout.
+ */
+import t from 'tap';
+import type { EndpointInfo } from '@ztm/proto';
+import { startAgent, startHub } from './helpers/index.js';
+import { agentStatus, endpointOf, exitWithin, hubEndpoints, scope, waitOnline } from './helpers/e2e-checks.js';
+
+const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '3s'];
+
+// Independent hubs: run side by side.
+t.jobs = 2;
+
+/** What must survive a restart (online and lastSeen may change). */
+const durable = (list: EndpointInfo[]) => list.map(({ name, certExpires, revoked, enrolledAt }) => ({ name, certExpires, revoked, enrolledAt }));
+
+t.test('hub restart', async (t) => {
+  const s = scope(t, 'hr');
+  const hub = await startHub(s, { serveArgs: KEEPALIVE });
+  const [a, b, c] = await Promise.all([startAgent(s, hub, 'a'), startAgent(s, hub, 'b'), startAgent(s, hub, 'c')]);
+  t.equal((await hub.cli(['revoke', 'c'])).code, 0, 'c revoked');
+  t.equal(await exitWithin(c.daemon, 5_000), 3, 'c exits 3');
+  const before = await hubEndpoints(hub);
+  t.same(
+    before.map((e) => [e.name, e.online, e.revoked]),
+    [
+      ['a', true, false],
+      ['b', true, false],
+      ['c', false, true],
+    ],
+  );
+  const pids = [a.daemon.child.pid, b.daemon.child.pid];
+
+  for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+    t.equal(await hub.daemon.stop(signal), signal === 'SIGTERM' ? 0 : null, `hub stopped by ${signal}`);
+    await hub.restart(); // serve again on the same data directory and port
+    const waited = await Promise.all([waitOnline(hub, 'a', true, 15_000), waitOnline(hub, 'b', true, 15_000)]);
+    t.pass(`after ${signal}: a and b back online on their own (${waited.join(' ms, ')} ms)`);
+    const after = await hubEndpoints(hub);
+    t.same(durable(after), durable(before), `after ${signal}: endpoints, certificate expiry and revocations unchanged`);
+    t.match(
+      after.find((e) => e.name === 'c'),
+      { revoked: true, online: false },
+      `after ${signal}: c stays revoked`,
+    );
+    t.same([a.daemon.child.pid, b.daemon.child.pid], pids, `after ${signal}: same agent processes (no restart needed)`);
+    t.ok(a.daemon.running && b.daemon.running, `after ${signal}: agents still running`);
+    t.equal((await agentStatus(a)).hub.state, 'online', `after ${signal}: ztm-agent status says online`);
+    const r = await a.cli(['endpoints', '--json']);
+    t.equal(r.code, 0, `after ${signal}: ztm-agent endpoints answers through the hub`);
+  }
+
+  // The CA survived too: a new endpoint enrols and runs.
+  await startAgent(s, hub, 'd');
+  t.equal((await endpointOf(hub, 'd', true))?.online, true, 'a new endpoint enrols after the restarts');
+});
+
+t.test('agent loss', async (t) => {
+  const s = scope(t, 'al');
+  const hub = await startHub(s, { serveArgs: KEEPALIVE });
+  const [killed, frozen] = await Promise.all([startAgent(s, hub, 'killed'), startAgent(s, hub, 'frozen')]);
+
+  // kill -9: the socket closes, the hub sees it well within the keepalive timeout.
+  await killed.daemon.stop('SIGKILL');
+  const gone = await waitOnline(hub, 'killed', false, 5_000);
+  t.ok(gone < 5_000, `kill -9: offline after ${gone} ms`);
+  t.match(await endpointOf(hub, 'killed'), { online: false, revoked: false }, 'ztm-hub endpoints: killed offline');
+
+  // SIGSTOP: the socket stays open but PINGs go unanswered.
+  const pid = frozen.daemon.child.pid as number;
+  process.kill(pid, 'SIGSTOP');
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGCONT');
+    } catch {}
+  });
+  const silent = await waitOnline(hub, 'frozen', false, 3_000 + 2_000, 100).catch(() => -1);
+  t.ok(silent >= 0, `frozen agent offline within keepalive timeout + 2 s (after ${silent} ms)`);
+  t.ok(silent < 0 || silent >= 1_500, 'not before the keepalive timeout could pass (it was the keepalive, not a closed socket)');
+  t.ok(
+    hub.daemon.logs().some((l) => l.endpoint === 'frozen' && l.msg === 'session closed' && /keepalive/.test(String(l.reason))),
+    'hub log: session closed by keepalive timeout',
+  );
+
+  process.kill(pid, 'SIGCONT');
+  const back = await waitOnline(hub, 'frozen', true, 10_000);
+  t.pass(`SIGCONT: back online on its own after ${back} ms`);
+  t.ok(frozen.daemon.running, 'same process');
+  t.equal((await agentStatus(frozen)).hub.state, 'online', 'ztm-agent status says online');
+});
