@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,15 +60,34 @@ export async function run(bin: string, args: string[], opts: { timeoutMs?: numbe
 export const hubCli = (args: string[], opts?: Parameters<typeof run>[2]) => run(HUB_BIN, args, opts);
 export const agentCli = (args: string[], opts?: Parameters<typeof run>[2]) => run(AGENT_BIN, args, opts);
 
-/** A free loopback TCP port (closed again before it is returned). */
+/** A free loopback TCP port, picked at random below the kernel's ephemeral
+ * range (32768+) so outgoing connections of parallel tests cannot take it
+ * between our check and its use; checked by binding it (TCP and UDP). */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, host);
-  await once(srv, 'listening');
-  const port = (srv.address() as { port: number }).port;
-  srv.close();
-  await once(srv, 'close');
-  return port;
+  for (let i = 0; i < 200; i++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const srv = createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      srv.once('error', () => resolve(false));
+      srv.listen(port, host, () => resolve(true));
+    });
+    if (!ok) continue;
+    await new Promise((r) => srv.close(r));
+    const udp = createSocket('udp4');
+    const uok = await new Promise<boolean>((resolve) => {
+      udp.once('error', () => resolve(false));
+      udp.bind(port, host, () => resolve(true));
+    });
+    await new Promise<void>((r) => {
+      try {
+        udp.close(() => r());
+      } catch {
+        r();
+      }
+    });
+    if (uok) return port;
+  }
+  throw new Error('no free port found');
 }
 
 export async function waitFor<V>(cond: () => V | Promise<V>, opts: { timeoutMs?: number; intervalMs?: number; what?: string } = {}): Promise<NonNullable<V>> {

@@ -109,14 +109,22 @@ export class CertificateAuthority {
     } catch (err) {
       throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is not a PEM PKCS#10 CSR', { cause: err });
     }
-    const alg = csr.publicKey.algorithm as { name: string; namedCurve?: string };
-    if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-256') {
-      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request key must be ECDSA P-256');
+    // A damaged CSR can make the key parse or signature check throw: that is
+    // a bad CSR (typed), never an internal error.
+    let ok = false;
+    let spki: Buffer;
+    try {
+      const alg = csr.publicKey.algorithm as { name: string; namedCurve?: string };
+      if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-256') {
+        throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request key must be ECDSA P-256');
+      }
+      ok = await csr.verify();
+      spki = Buffer.from(csr.publicKey.rawData);
+    } catch (err) {
+      if (err instanceof ZtmError) throw err;
+      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is damaged (its key or signature does not parse)', { cause: err });
     }
-    if (!(await csr.verify())) {
-      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request signature does not verify');
-    }
-    const spki = Buffer.from(csr.publicKey.rawData);
+    if (!ok) throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request signature does not verify');
     return { csr, spkiSha256: createHash('sha256').update(spki).digest('hex') };
   }
 
