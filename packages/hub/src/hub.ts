@@ -117,9 +117,16 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       : undefined,
   };
   let anonymous = 0;
+  // Enrolment attempts per address in the current minute.
+  const enrolAttempts = new Map<string, number>();
+  const enrolWindow = setInterval(() => enrolAttempts.clear(), 60_000);
+  enrolWindow.unref();
   let closing = false;
   let adminServer: HttpServer | undefined;
-  const h2Options: http2.ServerOptions = http2SessionOptions;
+  const h2Options: http2.ServerOptions = {
+    ...http2SessionOptions,
+    settings: { ...http2SessionOptions.settings, maxConcurrentStreams: config.maxStreamsPerSession },
+  };
 
   const server = tls.createServer({
     key: deps.serverCert.keyPem,
@@ -136,7 +143,11 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     sessionTimeout: 0,
   });
 
-  server.on('tlsClientError', (err: NodeJS.ErrnoException) => {
+  server.maxConnections = config.maxConnections;
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+    // With a listener here Node leaves the socket open: close it, or a client
+    // that never finishes its handshake holds it forever (slowloris).
+    socket.destroy();
     metrics.handshakeFailures.inc({ reason: err.code ?? 'error' });
     log.debug({ reason: err.message }, 'TLS handshake failed');
   });
@@ -164,6 +175,13 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     session.on('error', () => {});
     session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
 
+    if (who.kind === 'endpoint' && sessions.size >= config.maxAgents && !sessions.get(who.identity.endpoint)) {
+      const err = new ZtmError(ErrorCodes.TOO_MANY, `hub holds its limit of ${config.maxAgents} agent sessions; retrying later`);
+      metrics.sessionsRefused.inc({ reason: err.code });
+      log.warn({ address, endpoint: who.identity.endpoint, limit: config.maxAgents }, 'session refused: agent limit');
+      refuse(session, err);
+      return;
+    }
     if (who.kind === 'endpoint') {
       const agent = new AgentSession(session, who.identity, address, log);
       agent.once('close', (reason) => metrics.sessionsClosed.inc({ reason: reason.split(/[:(]/)[0]?.trim() || 'unknown' }));
@@ -191,6 +209,15 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       stream.on('error', () => {});
       if (!versionOk(stream, headers)) return;
       if (headers[':method'] === 'POST' && headers[':path'] === Paths.enrol) {
+        const ip = socket.remoteAddress ?? '?';
+        const tries = (enrolAttempts.get(ip) ?? 0) + 1;
+        enrolAttempts.set(ip, tries);
+        if (tries > config.enrolPerMinute) {
+          metrics.enrolments.inc({ result: ErrorCodes.TOO_MANY });
+          log.warn({ address, limit: config.enrolPerMinute }, 'enrolment refused: too many attempts from this address');
+          respondError(stream, new ZtmError(ErrorCodes.TOO_MANY, `more than ${config.enrolPerMinute} enrolment attempts a minute from ${ip}; wait a minute`));
+          return;
+        }
         void (async () => {
           try {
             const body = parseMessage(EnrolRequest, await readStreamJson(stream));
@@ -341,6 +368,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       closing = true;
       mcs.close();
       clearInterval(sampler);
+      clearInterval(enrolWindow);
       server.close();
       adminServer?.close();
       sessions.close('hub shutting down');

@@ -97,7 +97,15 @@ export function buildProgram(): Command {
       });
       const d = loadHubData(dataDir(o));
       const logger = createLogger(config.logLevel);
-      const hub = createHub(config, { ca: d.ca, serverCert: d.serverCert, registry: d.registry, names: d.names, logger, adminSocket: d.paths.adminSocket, contentDir: d.paths.content });
+      const hub = createHub(config, {
+        ca: d.ca,
+        serverCert: d.serverCert,
+        registry: d.registry,
+        names: d.names,
+        logger,
+        adminSocket: d.paths.adminSocket,
+        contentDir: d.paths.content,
+      });
       await hub.start();
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {

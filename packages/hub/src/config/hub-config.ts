@@ -27,6 +27,14 @@ export const HubConfigSchema = z.strictObject({
   shutdownGrace: durationMs('10s'),
   /** TLS connections without a client certificate (enrolment) held at once. */
   maxUnauthenticated: z.number().int().positive().default(256),
+  /** Agent sessions held at once; more are refused with ZTM_ERR_TOO_MANY (retried). */
+  maxAgents: z.number().int().positive().default(20_000),
+  /** TCP connections held at once, in any state (TLS handshakes included). */
+  maxConnections: z.number().int().positive().default(40_000),
+  /** Concurrent streams one agent session may open (relayed connections). */
+  maxStreamsPerSession: z.number().int().positive().default(10_000),
+  /** Enrolment attempts per client address per minute. */
+  enrolPerMinute: z.number().int().positive().default(30),
   /** Multicluster services: a cluster with no online agent keeps its exports this long. */
   mcsLeaseTtl: durationMs('30s'),
 });

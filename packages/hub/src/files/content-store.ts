@@ -10,7 +10,6 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ErrorCodes, SHA256_HEX, ZtmError, sha256OfFile } from '@ztm/proto';
 
-
 export class ContentStore {
   readonly #dir: string;
   readonly #partial: string;

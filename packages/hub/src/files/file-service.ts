@@ -4,17 +4,7 @@
  * changes to every online agent.
  */
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import {
-  ErrorCodes,
-  type FileEntry,
-  FileHeaders,
-  SHA256_HEX,
-  ZtmError,
-  readStreamJson,
-  respondError,
-  respondJson,
-  validateFileName,
-} from '@ztm/proto';
+import { ErrorCodes, type FileEntry, FileHeaders, SHA256_HEX, ZtmError, readStreamJson, respondError, respondJson, validateFileName } from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { FileCatalogue } from '../registry/file-catalogue.js';
 import type { AgentSession } from '../session/agent-session.js';
@@ -100,7 +90,8 @@ export class FileService {
     const b = (body ?? {}) as { name?: unknown; sha256?: unknown; size?: unknown };
     const name = validateFileName(String(b.name ?? ''));
     if (typeof b.sha256 !== 'string' || !SHA256_HEX.test(b.sha256)) throw new ZtmError(ErrorCodes.BAD_REQUEST, 'sha256 must be lowercase hex');
-    if (typeof b.size !== 'number' || !Number.isInteger(b.size) || b.size < 0) throw new ZtmError(ErrorCodes.BAD_REQUEST, 'size must be a whole number of bytes');
+    if (typeof b.size !== 'number' || !Number.isInteger(b.size) || b.size < 0)
+      throw new ZtmError(ErrorCodes.BAD_REQUEST, 'size must be a whole number of bytes');
     const existing = this.#ownerCheck(session, name);
     if (!this.#o.store.has(b.sha256) || this.#o.store.size(b.sha256) !== b.size) {
       throw new ZtmError(ErrorCodes.NOT_FOUND, `content ${b.sha256} is not on the hub yet: upload it first`);

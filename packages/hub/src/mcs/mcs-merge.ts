@@ -108,7 +108,9 @@ export function mergeExports(namespace: string, name: string, exports: readonly 
   // With a single export there is nothing to disagree with.
   if (sorted.length === 1) all.clear();
   const reasons = McsReasonOrder.filter((r) => all.has(r));
-  const disagree = [...differs.values()].filter((d) => d.size > 0).length;
+  // Clusters that disagree with the winner (its ports included): the oldest never does.
+  const oldestPorts = portSet(o.ports);
+  const disagree = sorted.filter((e) => e !== oldest && ((differs.get(e.cluster)?.size ?? 0) > 0 || portSet(e.export.ports) !== oldestPorts)).length;
   const message =
     reasons.length === 0
       ? sorted.length === 1

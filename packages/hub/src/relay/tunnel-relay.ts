@@ -6,7 +6,7 @@
  */
 import type { ClientHttp2Stream, IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { constants as h2 } from 'node:http2';
-import { ErrorCodes, Headers, type TunnelId, ZtmError, fromWire, readJsonBody, splice, tunnelKey, tunnelPath } from '@ztm/proto';
+import { ErrorCodes, Headers, MCS_TUNNEL_PREFIX, type TunnelId, ZtmError, fromWire, readJsonBody, splice, tunnelKey, tunnelPath } from '@ztm/proto';
 import { respondError } from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { AgentSession } from '../session/agent-session.js';
@@ -34,6 +34,14 @@ export async function relayConnection(
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
+  if (tunnel.name.startsWith(MCS_TUNNEL_PREFIX) && !source.identity.cluster) {
+    // Multicluster-service tunnels (proto mcs.ts) carry one cluster's Services
+    // to another: only cluster agents may enter them.
+    const err = new ZtmError(ErrorCodes.FORBIDDEN, `${key}: only cluster agents may use multicluster-service tunnels`);
+    deps.stats.refused(key, err.code);
+    deps.log.info({ tunnel: key, source: source.endpoint, code: err.code, reason: err.message }, 'relay refused');
+    return respondError(inbound, err);
+  }
   const { exits, refused } = deps.sessions.exitsFor(key, source, pinned);
   if (exits.length === 0) {
     const err =
