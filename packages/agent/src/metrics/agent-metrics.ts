@@ -3,6 +3,7 @@
  * from live state at scrape time: nothing is added to the data path.
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { FileSync } from '../files/file-sync.js';
 import type { HubClient } from '../session/hub-client.js';
 import type { TunnelManager } from '../tunnel/tunnel-manager.js';
 
@@ -10,7 +11,7 @@ export class AgentMetrics {
   readonly registry = new Registry();
   readonly reconnects: Counter;
 
-  constructor(client: HubClient, tunnels: TunnelManager) {
+  constructor(client: HubClient, tunnels: TunnelManager, files?: FileSync) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'ztm_agent_process_' });
     this.reconnects = new Counter({ name: 'ztm_agent_hub_sessions_lost_total', help: 'Hub sessions lost (each is followed by a re-dial)', registers });
@@ -83,6 +84,25 @@ export class AgentMetrics {
       collect() {
         this.reset();
         for (const v of tunnels.list()) if (v.tunnel.startsWith('udp/')) this.inc({ tunnel: v.tunnel, direction: v.direction }, v.stats.dropped);
+      },
+    });
+    new Gauge({
+      name: 'ztm_agent_files',
+      help: 'Mesh files in the catalogue by local state (present, fetching, pending, retrying)',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const f of files?.list() ?? []) this.inc({ state: f.local.split(':')[0] ?? f.local });
+      },
+    });
+    new Counter({
+      name: 'ztm_agent_file_verify_failures_total',
+      help: 'Received file contents that did not match their SHA-256 and were discarded',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(files?.verifyFailures ?? 0);
       },
     });
     client.on('offline', () => this.reconnects.inc());
