@@ -16,6 +16,10 @@ import {
   errorHttpStatus,
   startAdminServer,
   startMetricsServer,
+  Headers,
+  readJsonBody,
+  respondJson,
+  respondError,
 } from '@ztm/proto';
 import type { AgentConfig } from './config/agent-config.js';
 import { type AgentIdentity, certificateTimes } from './identity/identity-store.js';
@@ -84,7 +88,7 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   const files = filesDir
     ? new FileSync({ client, filesDir, indexFile: deps.dataDir ? join(deps.dataDir, 'files-index.json') : undefined, log: base.child({ component: 'files' }) })
     : undefined;
-  const metrics = new AgentMetrics(client, tunnels);
+  const metrics = new AgentMetrics(client, tunnels, files);
   let metricsServer: Server | undefined;
   const renewer = new CertificateRenewer(identity, client, deps.dataDir, base.child({ component: 'renewal' }));
   client.on('fatal', (err) => rejectDone(err));
@@ -93,6 +97,21 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
   function onReverseStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
     const path = headers[':path'];
     if (headers[':method'] === 'POST' && tunnels.serve(stream, headers)) return;
+    if (headers[':method'] === 'POST' && path === '/v1/manage/tunnels') {
+      // The hub authorised the caller (same user or admin) and stamped it.
+      const by = String(headers[Headers.sourceEndpoint] ?? '?');
+      readJsonBody(stream)
+        .then(async (body) => {
+          const b = (body ?? {}) as Record<string, unknown>;
+          log.info({ by, action: b.action, tunnel: b.tunnel }, 'tunnel managed remotely');
+          return applyTunnelAction(b);
+        })
+        .then(
+          (out) => respondJson(stream, 200, out),
+          (err) => respondError(stream, err),
+        );
+      return;
+    }
     if (headers[':method'] === 'POST' && path === Paths.ping) {
       stream.respond({ ':status': 200 });
       pipeline(stream, stream, () => {});
@@ -101,6 +120,15 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
     const e = new ZtmError(ErrorCodes.NOT_FOUND, `no route ${headers[':method']} ${path}`);
     stream.respond({ ':status': errorHttpStatus[e.code], 'content-type': 'application/json' });
     stream.end(JSON.stringify(e.toWire()));
+  }
+
+  /** open / close / list, from the local CLI or (authorised by the hub) a remote manager. */
+  function applyTunnelAction(b: Record<string, unknown>): unknown {
+    if (b.action === 'list') return tunnels.list();
+    if (b.action === 'open' && b.direction === 'inbound') return tunnels.openInbound(b);
+    if (b.action === 'open' && b.direction === 'outbound') return tunnels.openOutbound(b);
+    if (b.action === 'close' && (b.direction === 'inbound' || b.direction === 'outbound')) return tunnels.close(b.direction, String(b.tunnel ?? ''));
+    throw new ZtmError(ErrorCodes.BAD_REQUEST, 'action must be open, close or list, with direction inbound or outbound');
   }
 
   function filesOrThrow(): FileSync {
@@ -148,6 +176,13 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       if (typeof b.name !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'name is required');
       return filesOrThrow().unpublish(b.name);
     },
+    [`POST ${AdminPaths.tunnelRemote}`]: (body) => {
+      const b = (body ?? {}) as { endpoint?: unknown };
+      if (typeof b.endpoint !== 'string') throw new ZtmError(ErrorCodes.BAD_REQUEST, 'endpoint is required');
+      const s = client.session;
+      if (!s || client.state !== 'online') throw new ZtmError(ErrorCodes.OFFLINE, 'not connected to the hub');
+      return requestJson(s, 'POST', `/v1/manage/${encodeURIComponent(b.endpoint)}/tunnels`, body);
+    },
     [`POST ${AdminPaths.tunnelOpen}`]: (body) => {
       const b = (body ?? {}) as Record<string, unknown>;
       if (b.direction === 'inbound') return tunnels.openInbound(b);
@@ -177,6 +212,9 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
       }
       await tunnels.start();
       await files?.start();
+      client.start();
+      renewer.start();
+      // After the hub session is on its way: loading the Kubernetes client takes a moment.
       if (config.kubeconfig || config.kubernetesInCluster) {
         const { startKubernetesMode } = await import('./k8s/kubernetes-mode.js');
         kube = await startKubernetesMode({
@@ -189,10 +227,9 @@ export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
           tunnels,
           log: base.child({ component: 'k8s' }),
           udpIdleMs: config.udpIdleTimeout,
+          dataDir: deps.dataDir,
         });
       }
-      client.start();
-      renewer.start();
     },
     async close() {
       renewer.stop();

@@ -105,6 +105,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     relay: { sessions, stats, log: log.child({ component: 'relay' }) },
     mcs,
     countControl: (type) => metrics.controlMessages.inc({ type }),
+    admins: config.admins,
     files: deps.contentDir
       ? new FileService({
           catalogue: new FileCatalogue(deps.registry),

@@ -53,6 +53,8 @@ export const AdminPaths = {
   tunnels: '/tunnels',
   tunnelOpen: '/tunnels/open',
   tunnelClose: '/tunnels/close',
+  /** Operate another endpoint's tunnels through the hub. */
+  tunnelRemote: '/tunnels/remote',
   files: '/files',
   filePublish: '/files/publish',
   fileUnpublish: '/files/unpublish',

@@ -199,6 +199,7 @@ export function buildProgram(): Command {
     .option('--target <host:port...>', 'outbound: where connections go (round-robin); repeatable')
     .option('--allow-endpoint <endpoint...>', 'outbound: only these entrance endpoints')
     .option('--allow-user <user...>', 'outbound: only entrances acting for these users')
+    .option('--endpoint <endpoint>', "operate this endpoint's tunnels through the hub (same user, or a hub admin)")
     .addOption(dataOption())
     .option('--json', 'print JSON')
     .action(async (direction: string, name: string, o: TunnelOpts) => {
@@ -211,6 +212,10 @@ export function buildProgram(): Command {
         throw new Error('--target, --allow-endpoint and --allow-user belong to outbound ends');
       if (direction === 'outbound' && (o.listen || o.exit)) throw new Error('--listen and --exit belong to inbound ends');
       const dir = dataDir(o);
+      if (o.endpoint) {
+        const v = await admin<TunnelView>(o, 'POST', AdminPaths.tunnelRemote, { endpoint: o.endpoint, action: 'open', ...body });
+        return out(!!o.json, v, () => console.log(`${direction} ${v.tunnel} open on ${o.endpoint}: ${(v.listen ?? v.targets ?? []).join(', ')}`));
+      }
       let saved = false;
       const view = await admin<TunnelView>(o, 'POST', AdminPaths.tunnelOpen, body).catch((err) => {
         if (!isZtmError(err, ErrorCodes.NOT_RUNNING)) throw err;
@@ -228,9 +233,15 @@ export function buildProgram(): Command {
   tunnel
     .command('close <direction> <tunnel>')
     .description('close an inbound or outbound end')
+    .option('--endpoint <endpoint>', "operate this endpoint's tunnels through the hub (same user, or a hub admin)")
     .addOption(dataOption())
-    .action(async (direction: string, name: string, o: { data?: string }) => {
+    .action(async (direction: string, name: string, o: { data?: string; endpoint?: string }) => {
       if (direction !== 'inbound' && direction !== 'outbound') throw new Error(`direction must be inbound or outbound, not ${JSON.stringify(direction)}`);
+      if (o.endpoint) {
+        await admin(o, 'POST', AdminPaths.tunnelRemote, { endpoint: o.endpoint, action: 'close', direction, tunnel: name });
+        console.log(`${direction} ${name} closed on ${o.endpoint}`);
+        return;
+      }
       await admin(o, 'POST', AdminPaths.tunnelClose, { direction, tunnel: name }).catch((err) => {
         if (!isZtmError(err, ErrorCodes.NOT_RUNNING)) throw err;
         closeOffline(dataDir(o), direction, name);
@@ -240,9 +251,14 @@ export function buildProgram(): Command {
   tunnel
     .command('list')
     .description('tunnel ends here, with live stream counts')
+    .option('--endpoint <endpoint>', "another endpoint's tunnels, through the hub (same user, or a hub admin)")
     .addOption(dataOption())
     .option('--json', 'print JSON')
-    .action(async (o: { data?: string; json?: boolean }) => {
+    .action(async (o: { data?: string; json?: boolean; endpoint?: string }) => {
+      if (o.endpoint) {
+        const remote = await admin<TunnelView[]>(o, 'POST', AdminPaths.tunnelRemote, { endpoint: o.endpoint, action: 'list' });
+        return out(!!o.json, remote, () => printTunnels(remote));
+      }
       const list = await admin<TunnelView[]>(o, 'GET', AdminPaths.tunnels).catch((err) => {
         if (!isZtmError(err, ErrorCodes.NOT_RUNNING)) throw err;
         return listOffline(dataDir(o));
@@ -308,6 +324,7 @@ export function buildProgram(): Command {
 }
 
 interface TunnelOpts {
+  endpoint?: string;
   listen?: string[];
   exit?: string[];
   target?: string[];

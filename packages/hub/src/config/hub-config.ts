@@ -35,6 +35,8 @@ export const HubConfigSchema = z.strictObject({
   maxStreamsPerSession: z.number().int().positive().default(10_000),
   /** Enrolment attempts per client address per minute. */
   enrolPerMinute: z.number().int().positive().default(30),
+  /** Users whose endpoints may manage the tunnels of any endpoint (others: only their own user's). */
+  admins: z.array(z.string().regex(/^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/, 'must be a user name')).default([]),
   /** Multicluster services: a cluster with no online agent keeps its exports this long. */
   mcsLeaseTtl: durationMs('30s'),
 });

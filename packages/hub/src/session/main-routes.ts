@@ -25,6 +25,7 @@ import { renew, type EnrolDeps } from '../enrol/enrolment.js';
 import { listEndpoints, type OperationsContext } from '../admin/operations.js';
 import type { McsHub } from '../mcs/mcs-hub.js';
 import type { FileService } from '../files/file-service.js';
+import { MANAGE_PATH, manageRemote } from '../relay/remote-manage.js';
 import type { AgentSession } from './agent-session.js';
 import { type RelayDeps, relayConnection } from '../relay/tunnel-relay.js';
 import type { SessionManager } from './session-manager.js';
@@ -39,6 +40,8 @@ export interface MainRouteDeps {
   relay: RelayDeps;
   /** Counts control messages by type (metrics). */
   countControl?: (type: string) => void;
+  /** Users whose endpoints may manage any endpoint's tunnels. */
+  admins?: readonly string[];
   /** Mesh files (routes under /v1/files and /v1/content); absent: disabled. */
   files?: FileService;
   /** Multicluster services (mcs/): takes `mcs-exports`. */
@@ -52,6 +55,10 @@ export function handleMainStream(deps: MainRouteDeps, session: AgentSession, str
   if (method === 'POST' && path === Paths.control) return void openControl(deps, session, stream);
   const tunnel = method === 'POST' ? tunnelFromPath(path) : null;
   if (deps.files?.handle(session, stream, headers)) return;
+  if (method === 'POST' && MANAGE_PATH.test(String(path))) {
+    void manageRemote({ sessions: deps.sessions, admins: deps.admins ?? [], log: session.log }, session, stream, headers);
+    return;
+  }
   if (tunnel) {
     if (session.state !== 'online') respondError(stream, new ZtmError(ErrorCodes.BAD_REQUEST, 'say hello on the control stream first'));
     else void relayConnection(deps.relay, session, stream, headers, tunnel);
