@@ -87,13 +87,28 @@ try {
   const service = createHttpServer((req, res) => res.end(`hello from beta's private service (${req.url})\n`));
   await new Promise((r) => service.listen(0, '127.0.0.1', r));
   const entry = await freePort();
-  cli(AGENT, ['tunnel', 'open', 'outbound', 'tcp/web', '--target', `127.0.0.1:${service.address().port}`, '--allow-endpoint', 'alpha', '--data', join(dir, 'beta')]);
+  cli(AGENT, [
+    'tunnel',
+    'open',
+    'outbound',
+    'tcp/web',
+    '--target',
+    `127.0.0.1:${service.address().port}`,
+    '--allow-endpoint',
+    'alpha',
+    '--data',
+    join(dir, 'beta'),
+  ]);
   cli(AGENT, ['tunnel', 'open', 'inbound', 'tcp/web', '--listen', String(entry), '--data', join(dir, 'alpha')]);
-  const body = await new Promise((res, rej) => httpGet(`http://127.0.0.1:${entry}/through-the-mesh`, (r) => {
-    let b = '';
-    r.on('data', (d) => (b += d));
-    r.on('end', () => res(b));
-  }).on('error', rej));
+  const body = await new Promise((res, rej) =>
+    httpGet(`http://127.0.0.1:${entry}/through-the-mesh`, (r) => {
+      let b = '';
+      r.on('data', (d) => {
+        b += d;
+      });
+      r.on('end', () => res(b));
+    }).on('error', rej),
+  );
   console.log(`GET http://127.0.0.1:${entry}/through-the-mesh → ${body}`);
   console.log(cli(AGENT, ['tunnel', 'list', '--data', join(dir, 'alpha')]));
   children.push({ kill: () => service.close() });

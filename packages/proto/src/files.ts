@@ -55,7 +55,7 @@ export function validateFileName(name: string): string {
   for (const seg of name.split('/')) {
     if (seg === '..' || seg === '.') throw bad("'.' and '..' segments are refused");
     if (seg === '') throw bad('empty path segment');
-    if (!/^[A-Za-z0-9._@+-]+$/.test(seg)) throw bad("use letters, digits and . _ - @ + in each segment");
+    if (!/^[A-Za-z0-9._@+-]+$/.test(seg)) throw bad('use letters, digits and . _ - @ + in each segment');
     if (seg.startsWith('.ztm')) throw bad("names starting with '.ztm' are reserved");
   }
   return name;

@@ -210,15 +210,19 @@ export const mcsKey = (x: { namespace: string; name: string }): string => `${x.n
 
 const TUNNEL_NAME = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
 
+/** Tunnel names starting with this are reserved for multicluster services:
+ * the hub relays them only from cluster agents. */
+export const MCS_TUNNEL_PREFIX = 'mcs.';
+
 /** The tunnel an exporting cluster serves one Service port on:
  * `mcs.<ns>.<svc>.<port name | protocol-port>`, or `mcs.<hash>` when that is
  * longer than a tunnel name may be. Both ends compute it from the exporter's
  * own port, so a port that lost a conflict still maps to its own target. */
 export function mcsTunnelName(namespace: string, name: string, port: { name?: string; protocol?: string; port: number }): string {
   const id = port.name ? port.name : `${(port.protocol ?? 'TCP').toLowerCase()}-${port.port}`;
-  const plain = `mcs.${namespace}.${name}.${id}`;
+  const plain = `${MCS_TUNNEL_PREFIX}${namespace}.${name}.${id}`;
   if (plain.length <= 63 && TUNNEL_NAME.test(plain)) return plain;
-  return `mcs.${createHash('sha256').update(`${namespace}/${name}/${id}`).digest('hex').slice(0, 32)}`;
+  return `${MCS_TUNNEL_PREFIX}${createHash('sha256').update(`${namespace}/${name}/${id}`).digest('hex').slice(0, 32)}`;
 }
 
 /** The tunnel protocol of a Service port (SCTP is not tunnelled). */

@@ -9,6 +9,10 @@
  *   1 (0.1.0) — enrolment with one-time permits, mutual-TLS HTTP/2 session,
  *               reverse session, control stream with length-prefixed JSON frames,
  *               certificate renewal, revocation push.
+ *               Within 1: multicluster services (mcs.ts) — `mcs-exports`,
+ *               `mcs-imports`, `mcs-status`, a cluster SAN URI in cluster
+ *               agents' certificates, optional `cluster` in the enrol request.
+ *               Only cluster agents send or receive them.
  */
 export const PROTOCOL_VERSION = 1;
 export const SUPPORTED_VERSIONS: readonly number[] = [1];

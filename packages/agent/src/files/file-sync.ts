@@ -115,7 +115,12 @@ export class FileSync {
       const status = await requestJson<{ complete: boolean; received: number }>(session, 'GET', FilePaths.contentStatus(sha256));
       if (status.complete) break;
       if (attempt >= 5) throw new ZtmError(ErrorCodes.HUB_UNREACHABLE, `upload of ${name} did not complete after ${attempt} attempts`);
-      const req = session.request({ ':method': 'PUT', ':path': FilePaths.content(sha256), [FileHeaders.offset]: String(status.received), [FileHeaders.size]: String(st.size) });
+      const req = session.request({
+        ':method': 'PUT',
+        ':path': FilePaths.content(sha256),
+        [FileHeaders.offset]: String(status.received),
+        [FileHeaders.size]: String(st.size),
+      });
       const answer = responseOf(req);
       await pipeline(createReadStream(path, { start: status.received, highWaterMark: 1024 * 1024 }), req).catch(() => {});
       const r = (await answer) as { complete: boolean };
@@ -143,7 +148,8 @@ export class FileSync {
 
   #session() {
     const s = this.#o.client.session;
-    if (!s || this.#o.client.state !== 'online') throw new ZtmError(ErrorCodes.OFFLINE, 'not connected to the hub; try again when ztm-agent status shows online');
+    if (!s || this.#o.client.state !== 'online')
+      throw new ZtmError(ErrorCodes.OFFLINE, 'not connected to the hub; try again when ztm-agent status shows online');
     return s;
   }
 
@@ -210,7 +216,10 @@ export class FileSync {
     if (actual !== entry.sha256) {
       await rm(partial, { force: true });
       this.verifyFailures++;
-      throw new ZtmError(ErrorCodes.BAD_FRAME, `content of ${entry.name} did not verify (${size} of ${entry.size} bytes, sha256 ${actual.slice(0, 12) || '-'}…); discarded`);
+      throw new ZtmError(
+        ErrorCodes.BAD_FRAME,
+        `content of ${entry.name} did not verify (${size} of ${entry.size} bytes, sha256 ${actual.slice(0, 12) || '-'}…); discarded`,
+      );
     }
     const latest = this.#catalogue.get(entry.name);
     if (!latest || latest.deleted || latest.sha256 !== entry.sha256) return; // superseded while fetching

@@ -61,7 +61,13 @@ export async function join(dir: string, permitText: string, opts: JoinOptions = 
       const socket = await dialTls(hub, { ca: permit.ca, alpn: ALPN_SESSION, timeoutMs: opts.timeoutMs });
       session = http2.connect(`https://${hub}`, { createConnection: () => socket, ...http2SessionOptions });
       session.on('error', () => {});
-      const out = await requestJson<EnrolResponse>(session, 'POST', Paths.enrol, { permit, csr, ...(opts.cluster ? { cluster: opts.cluster } : {}) }, opts.timeoutMs);
+      const out = await requestJson<EnrolResponse>(
+        session,
+        'POST',
+        Paths.enrol,
+        { permit, csr, ...(opts.cluster ? { cluster: opts.cluster } : {}) },
+        opts.timeoutMs,
+      );
       saveIdentity(dir, {
         mesh: out.mesh,
         endpoint: out.endpoint,

@@ -11,7 +11,18 @@ import type { HubClient } from '../session/hub-client.js';
 import { objectKey, type Informer } from './informer.js';
 import { type KubeApi, KubeError, type KubeObject } from './kube-api.js';
 import type { McsEnds } from './mcs-ends.js';
-import { type Condition, type ExportEvaluation, MCS_GROUP, evaluateExport, exportConditions, mergeConditions, slicesOf } from './mcs-objects.js';
+import {
+  ANNOTATION_EXPORT,
+  type Condition,
+  type ExportEvaluation,
+  LABEL_APP_MANAGED_BY,
+  MANAGED_BY,
+  MCS_GROUP,
+  evaluateExport,
+  exportConditions,
+  mergeConditions,
+  slicesOf,
+} from './mcs-objects.js';
 import { sameJsonValue } from './reconcile-loop.js';
 
 export interface ExportControllerOptions {
@@ -75,6 +86,7 @@ export class ExportController {
   async reconcile(): Promise<void> {
     const { serviceExports, services, slices } = this.#o;
     if (!serviceExports.synced || !services.synced || !slices.synced) return;
+    await this.#autoExports();
     const exports = new Map<string, McsExport>();
     const evaluations = new Map<string, ExportEvaluation>();
     const ends: ExportEvaluation['ends'] = [];
@@ -95,13 +107,42 @@ export class ExportController {
     await this.#writeConditions();
   }
 
+  /** Services annotated `ztm.flomesh.io/export: "true"` get a ServiceExport
+   * made by us; ours go when the annotation (or the Service) does. A
+   * ServiceExport someone else made is never touched. */
+  async #autoExports(): Promise<void> {
+    const { api, services, serviceExports, exportVersion } = this.#o;
+    const path = (ns: string, name: string) => `/apis/${MCS_GROUP}/${exportVersion}/namespaces/${ns}/serviceexports/${name}`;
+    for (const svc of services.list()) {
+      if (svc.metadata.annotations?.[ANNOTATION_EXPORT] !== 'true' || svc.metadata.deletionTimestamp) continue;
+      if (serviceExports.get(objectKey(svc))) continue;
+      const { name, namespace = '' } = svc.metadata;
+      const out = await api.apply<KubeObject>(path(namespace, name), {
+        apiVersion: `${MCS_GROUP}/${exportVersion}`,
+        kind: 'ServiceExport',
+        metadata: { name, namespace, labels: { [LABEL_APP_MANAGED_BY]: MANAGED_BY } },
+      });
+      serviceExports.observe(out);
+      this.#o.log.info({ serviceExport: objectKey(svc) }, 'service export created for an annotated Service');
+    }
+    for (const se of [...serviceExports.list()]) {
+      if (se.metadata.labels?.[LABEL_APP_MANAGED_BY] !== MANAGED_BY) continue;
+      if (services.get(objectKey(se))?.metadata.annotations?.[ANNOTATION_EXPORT] === 'true') continue;
+      await api.delete(path(se.metadata.namespace ?? '', se.metadata.name));
+      serviceExports.forget(objectKey(se));
+      this.#o.log.info({ serviceExport: objectKey(se) }, 'service export removed: its Service is no longer annotated');
+    }
+  }
+
   /** Tell the hub what changed (everything after a reconnect). */
   #report(): void {
     const { client, cluster } = this.#o;
     if (client.state !== 'online') return;
     if (this.#needFull) {
       const chunks = chunkForFrames([...this.#exports.values()]);
-      chunks.forEach((chunk, i) => client.sendControl({ type: 'mcs-exports', cluster, full: i === 0, more: i < chunks.length - 1, exports: chunk, withdrawn: [] }));
+      chunks.forEach((chunk, i) => {
+        client.sendControl({ type: 'mcs-exports', cluster, full: i === 0, more: i < chunks.length - 1, exports: chunk, withdrawn: [] });
+      });
       this.#sent = new Map(this.#exports);
       this.#needFull = false;
       return;

@@ -19,7 +19,7 @@
  * import is gone.
  */
 import { createHash } from 'node:crypto';
-import { type McsImport, type McsImports, mcsKey, mcsTunnelName, mcsTunnelProtocol } from '@ztm/proto';
+import { type McsImport, type McsImportCluster, type McsImports, mcsKey, mcsTunnelName, mcsTunnelProtocol } from '@ztm/proto';
 import type { Logger } from '../log.js';
 import { objectKey, type Informer } from './informer.js';
 import type { KubeApi, KubeObject } from './kube-api.js';
@@ -55,6 +55,10 @@ export interface ImportControllerOptions {
   /** The address other pods reach this agent's listeners on (pod IP). */
   advertiseAddress?: string;
   importVersion: string;
+  /** How long an import missing from a full set is kept (hub restarted). */
+  graceMs: number;
+  /** Ask for a reconcile after a delay (grace periods ending). */
+  wakeIn?: (delayMs: number) => void;
 }
 
 export interface ImportView {
@@ -75,6 +79,7 @@ export class ImportController {
   readonly #o: ImportControllerOptions;
   #imports = new Map<string, McsImport>();
   #staging: Map<string, McsImport> | null = null;
+  #lingering = new Map<string, { base: McsImport; clusters: Map<string, { cluster: McsImportCluster; until: number }> }>();
   /** A complete set has arrived since start: garbage collection is safe. */
   #haveFull = false;
   #problems = new Map<string, string>();
@@ -87,13 +92,60 @@ export class ImportController {
   onImports(msg: McsImports): void {
     if (msg.full) this.#staging = new Map();
     const target = this.#staging ?? this.#imports;
-    for (const imp of msg.imports) target.set(mcsKey(imp), imp);
-    for (const w of msg.withdrawn) target.delete(mcsKey(w));
+    for (const imp of msg.imports) {
+      target.set(mcsKey(imp), imp);
+      const l = this.#lingering.get(mcsKey(imp));
+      for (const c of imp.clusters) l?.clusters.delete(c.cluster);
+      if (l && l.clusters.size === 0) this.#lingering.delete(mcsKey(imp));
+    }
+    for (const w of msg.withdrawn) {
+      target.delete(mcsKey(w));
+      this.#lingering.delete(mcsKey(w)); // withdrawn on purpose: no grace
+    }
     if (this.#staging && !msg.more) {
+      // Missing from a full set is not a withdrawal: after a hub restart the
+      // other clusters' exports come back as their agents reconnect. Keep
+      // the source clusters a full set left out (endpoints not ready) for a
+      // grace period, so that imports and their ClusterSetIPs stay put.
+      const until = Date.now() + this.#o.graceMs;
+      for (const [k, old] of this.#imports) {
+        const now = this.#staging.get(k);
+        for (const c of old.clusters) {
+          if (now?.clusters.some((x) => x.cluster === c.cluster)) continue;
+          let l = this.#lingering.get(k);
+          if (!l) {
+            l = { base: old, clusters: new Map() };
+            this.#lingering.set(k, l);
+          }
+          if (!l.clusters.has(c.cluster)) l.clusters.set(c.cluster, { cluster: { ...c, online: false }, until });
+        }
+      }
       this.#imports = this.#staging;
       this.#staging = null;
       this.#haveFull = true;
     }
+  }
+
+  /** Imports from the hub, with the source clusters in their grace period. */
+  #current(): McsImport[] {
+    const now = Date.now();
+    for (const [k, l] of this.#lingering) {
+      for (const [c, e] of l.clusters) if (e.until <= now) l.clusters.delete(c);
+      if (l.clusters.size === 0) this.#lingering.delete(k);
+    }
+    const out: McsImport[] = [];
+    for (const key of new Set([...this.#imports.keys(), ...this.#lingering.keys()])) {
+      const imp = this.#imports.get(key);
+      const l = this.#lingering.get(key);
+      if (!l) {
+        out.push(imp as McsImport);
+        continue;
+      }
+      const base = imp ?? { ...l.base, clusters: [] };
+      const extra = [...l.clusters.values()].map((e) => e.cluster).filter((c) => !base.clusters.some((x) => x.cluster === c.cluster));
+      out.push({ ...base, clusters: [...base.clusters, ...extra].sort((a, b) => (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0)) });
+    }
+    return out;
   }
 
   #namespaceReady(ns: string): boolean {
@@ -104,7 +156,7 @@ export class ImportController {
   async reconcile(): Promise<void> {
     const { namespaces, serviceImports, services, slices } = this.#o;
     if (!namespaces.synced || !serviceImports.synced || !services.synced || !slices.synced) return;
-    const active = [...this.#imports.values()].filter((imp) => this.#namespaceReady(imp.namespace));
+    const active = this.#current().filter((imp) => this.#namespaceReady(imp.namespace));
 
     // Listeners first: the slices name their ports.
     const wants: InboundWant[] = [];
@@ -140,6 +192,10 @@ export class ImportController {
         firstError ??= err;
       }
     }
+    if (this.#lingering.size > 0) {
+      const next = Math.min(...[...this.#lingering.values()].flatMap((l) => [...l.clusters.values()].map((e) => e.until)));
+      this.#o.wakeIn?.(Math.max(0, next - Date.now()) + 100);
+    }
     if (firstError) throw firstError;
   }
 
@@ -163,7 +219,7 @@ export class ImportController {
     };
     let si = serviceImports.get(key);
     let want = withIps(desiredServiceImport(imp, derived));
-    if (!si || !covers(want, si)) si = this.#observe(serviceImports, await api.apply<KubeObject>(siPath, want));
+    if (!si || !covers(want, si)) si = await this.#apply(serviceImports, siPath, want);
     if (taken) {
       await this.#status(imp, si, 'False', 'Pending', `Service ${ns}/${derived} exists and is not managed by ztm; cannot derive the import`);
       return `Service ${ns}/${derived} exists and is not ours`;
@@ -176,9 +232,9 @@ export class ImportController {
       services.forget(`${ns}/${derived}`);
       svc = undefined;
     }
-    if (!svc || !covers(svcWant, svc)) svc = this.#observe(services, await api.apply<KubeObject>(svcPath, svcWant));
+    if (!svc || !covers(svcWant, svc)) svc = await this.#apply(services, svcPath, svcWant);
     want = withIps(desiredServiceImport(imp, derived));
-    if (!covers(want, si)) si = this.#observe(serviceImports, await api.apply<KubeObject>(siPath, want));
+    if (!covers(want, si)) si = await this.#apply(serviceImports, siPath, want);
 
     // EndpointSlices, one set per source cluster.
     const desired: KubeObject[] = [];
@@ -208,7 +264,7 @@ export class ImportController {
       keep.add(k);
       const cur = slices.get(k);
       if (!cur || !covers(d, cur)) {
-        this.#observe(slices, await api.apply<KubeObject>(`/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices/${d.metadata.name}`, d));
+        await this.#apply(slices, `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices/${d.metadata.name}`, d);
       }
     }
     for (const s of [...slices.list()]) {
@@ -229,7 +285,9 @@ export class ImportController {
     for (const orig of slicesOf(this.#o.slices.list(), imp.namespace, imp.name)) {
       const ports: SlicePort[] = [];
       for (const q of myPorts) {
-        const entry = mine.ports.find((e) => e.tunnel === mcsTunnelName(imp.namespace, imp.name, { name: q.name ?? '', protocol: q.protocol ?? 'TCP', port: q.port }));
+        const entry = mine.ports.find(
+          (e) => e.tunnel === mcsTunnelName(imp.namespace, imp.name, { name: q.name ?? '', protocol: q.protocol ?? 'TCP', port: q.port }),
+        );
         const sp = ((orig.ports ?? []) as { name?: string; protocol?: string; port?: number }[]).find(
           (x) => (x.name ?? '') === (q.name ?? '') && (x.protocol ?? 'TCP') === (q.protocol ?? 'TCP'),
         );
@@ -247,7 +305,11 @@ export class ImportController {
 
   async #status(imp: McsImport, si: KubeObject, status: 'True' | 'False', reason: string, message: string): Promise<void> {
     const clusters = imp.clusters.map((c) => ({ cluster: c.cluster }));
-    const { conditions, changed } = mergeConditions(si.status?.conditions, [{ type: 'Ready', status, reason, message }], new Date().toISOString().replace(/\.\d+Z$/, 'Z'));
+    const { conditions, changed } = mergeConditions(
+      si.status?.conditions,
+      [{ type: 'Ready', status, reason, message }],
+      new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    );
     if (!changed && covers(clusters, si.status?.clusters ?? [])) return;
     const out = await this.#o.api.apply<KubeObject>(
       `/apis/${MCS_GROUP}/${this.#o.importVersion}/namespaces/${imp.namespace}/serviceimports/${imp.name}/status`,
@@ -289,13 +351,20 @@ export class ImportController {
     this.#o.log.info({ endpointSlice: objectKey(s), cluster: s.metadata.labels?.[LABEL_SOURCE_CLUSTER] }, 'mcs endpoint slice removed');
   }
 
+  /** Server-side apply, then into the cache at once. */
+  async #apply(informer: Informer, path: string, obj: KubeObject): Promise<KubeObject> {
+    const out = await this.#o.api.apply<KubeObject>(path, obj);
+    this.#o.log.debug({ kind: obj.kind, object: objectKey(obj), resourceVersion: out.metadata.resourceVersion }, 'mcs object applied');
+    return this.#observe(informer, out);
+  }
+
   #observe(informer: Informer, obj: KubeObject): KubeObject {
     informer.observe(obj);
     return obj;
   }
 
   views(): ImportView[] {
-    return [...this.#imports.values()].map((imp) => {
+    return this.#current().map((imp) => {
       const si = this.#o.serviceImports.get(mcsKey(imp));
       const derived = derivedServiceName(imp.namespace, imp.name);
       const ours = [...this.#o.slices.list()].filter(

@@ -27,7 +27,7 @@ const BACKOFF_MAX_MS = 15_000;
 
 export const objectKey = (o: KubeObject): string => (o.metadata.namespace ? `${o.metadata.namespace}/${o.metadata.name}` : o.metadata.name);
 
-export class Informer<T extends KubeObject = KubeObject> extends EventEmitter<{ event: [InformerEvent, T]; synced: []; error: [KubeError] }> {
+export class Informer<T extends KubeObject = KubeObject> extends EventEmitter<{ event: [InformerEvent, T]; synced: [] }> {
   readonly path: string;
   readonly #o: InformerOptions;
   readonly #store = new Map<string, T>();
@@ -122,7 +122,6 @@ export class Informer<T extends KubeObject = KubeObject> extends EventEmitter<{ 
         if (this.#lastError !== e.message || this.#failures === 1)
           this.#o.log.warn({ path: this.path, status: e.status, reason: e.message }, 'informer error; retrying');
         this.#lastError = e.message;
-        this.emit('error', e);
         const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.#failures, 10));
         await new Promise<void>((r) => {
           this.#timer = setTimeout(r, ceiling / 2 + Math.random() * (ceiling / 2));
@@ -169,35 +168,41 @@ export class Informer<T extends KubeObject = KubeObject> extends EventEmitter<{ 
     const base = this.#o.watchTimeoutSec ?? 300;
     const timeout = Math.round(base * (0.8 + Math.random() * 0.4));
     let gone: KubeError | undefined;
-    await this.#o.api.watch<T>(
-      this.path,
-      {
-        resourceVersion: this.#rv,
-        allowWatchBookmarks: 'true',
-        labelSelector: this.#o.labelSelector,
-        timeoutSeconds: String(timeout),
-      },
-      (e: WatchEvent<T>) => {
-        if (e.type === 'ERROR') {
-          const s = e.object as unknown as { code?: number; reason?: string; message?: string };
-          gone = new KubeError(s.code ?? 500, s.reason ?? 'Error', `watch ${this.path}: ${s.message ?? 'error event'}`);
-          abort.abort();
-          return;
-        }
-        const rv = e.object?.metadata?.resourceVersion;
-        if (rv) this.#rv = rv;
-        if (e.type === 'BOOKMARK') return;
-        const key = objectKey(e.object);
-        if (e.type === 'DELETED') {
-          this.#store.delete(key);
-          this.emit('event', 'deleted', e.object);
-        } else {
-          this.#store.set(key, e.object);
-          this.emit('event', e.type === 'ADDED' ? 'added' : 'modified', e.object);
-        }
-      },
-      abort.signal,
-    );
+    // The server ends the watch after `timeout`; a connection that went silent
+    // (no FIN, no RST) is given up a little later.
+    const watchdog = setTimeout(() => abort.abort(), (timeout + 30) * 1000);
+    watchdog.unref();
+    await this.#o.api
+      .watch<T>(
+        this.path,
+        {
+          resourceVersion: this.#rv,
+          allowWatchBookmarks: 'true',
+          labelSelector: this.#o.labelSelector,
+          timeoutSeconds: String(timeout),
+        },
+        (e: WatchEvent<T>) => {
+          if (e.type === 'ERROR') {
+            const s = e.object as unknown as { code?: number; reason?: string; message?: string };
+            gone = new KubeError(s.code ?? 500, s.reason ?? 'Error', `watch ${this.path}: ${s.message ?? 'error event'}`);
+            abort.abort();
+            return;
+          }
+          const rv = e.object?.metadata?.resourceVersion;
+          if (rv) this.#rv = rv;
+          if (e.type === 'BOOKMARK') return;
+          const key = objectKey(e.object);
+          if (e.type === 'DELETED') {
+            this.#store.delete(key);
+            this.emit('event', 'deleted', e.object);
+          } else {
+            this.#store.set(key, e.object);
+            this.emit('event', e.type === 'ADDED' ? 'added' : 'modified', e.object);
+          }
+        },
+        abort.signal,
+      )
+      .finally(() => clearTimeout(watchdog));
     this.#lastError = null;
     if (gone) throw gone;
   }

@@ -119,10 +119,6 @@ export class KubeApi {
     return (await this.request('GET', path, { query })) as KubeList<T>;
   }
 
-  async create<T = KubeObject>(path: string, body: unknown): Promise<T> {
-    return (await this.request('POST', path, { body, query: { fieldManager: FIELD_MANAGER } })) as T;
-  }
-
   /** Server-side apply (the object's whole intent, owned by our field manager). */
   async apply<T = KubeObject>(path: string, body: unknown, force = true): Promise<T> {
     return (await this.request('PATCH', path, {
@@ -244,6 +240,8 @@ export class KubeApi {
     const agent = this.#agentFor(opts, isHttps);
     return new Promise((resolve, reject) => {
       const req = (isHttps ? https : http).request(url, { method, headers, agent, signal }, resolve);
+      // Long watches: notice a peer that vanished without closing.
+      req.on('socket', (s) => s.setKeepAlive(true, 15_000));
       if (timeoutMs > 0) req.setTimeout(timeoutMs, () => req.destroy(new KubeError(0, 'Timeout', `${method} ${path}: no answer in ${timeoutMs} ms`)));
       req.on('error', (err) =>
         reject(

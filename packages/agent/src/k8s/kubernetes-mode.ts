@@ -10,6 +10,8 @@
  * why.
  */
 import { X509Certificate } from 'node:crypto';
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
 import { ErrorCodes, type McsImports, type McsStatus, ZtmError, clusterFromSubjectAltName } from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { HubClient } from '../session/hub-client.js';
@@ -38,6 +40,9 @@ export interface KubernetesModeOptions {
   tunnels: TunnelManager;
   log: Logger;
   udpIdleMs?: number;
+  importGraceMs?: number;
+  /** The agent's data directory (listener ports survive restarts there). */
+  dataDir?: string;
 }
 
 export interface KubernetesMode {
@@ -46,9 +51,16 @@ export interface KubernetesMode {
 }
 
 const STARTUP_RETRY_MAX_MS = 15_000;
+/** Imports missing from a full set (the hub restarted and has not heard from
+ * every cluster yet) are kept this long before they are removed. */
+export const IMPORT_GRACE_MS = 30_000;
 
 export async function startKubernetesMode(o: KubernetesModeOptions): Promise<KubernetesMode> {
   const log = o.log;
+  const advertiseAddress = o.advertiseAddress ?? firstHostAddress();
+  if (!o.advertiseAddress) {
+    log.warn({ advertiseAddress: advertiseAddress ?? null }, 'no --advertise-address (or POD_IP): imported EndpointSlices name this address instead');
+  }
   const certCluster = clusterFromSubjectAltName(new X509Certificate(o.certPem).subjectAltName, o.mesh);
   const api = await KubeApi.create({ kubeconfig: o.kubeconfig });
   let state = 'starting';
@@ -63,15 +75,16 @@ export async function startKubernetesMode(o: KubernetesModeOptions): Promise<Kub
   const ends = new McsEnds({
     client: o.client,
     log,
-    listenHost: o.advertiseAddress ?? '0.0.0.0',
+    listenHost: advertiseAddress ?? '0.0.0.0',
     udpIdleMs: o.udpIdleMs,
     onChange: () => o.tunnels.announce(),
+    portsFile: o.dataDir ? join(o.dataDir, 'mcs-ports.json') : undefined,
   });
   o.tunnels.attachManaged(ends);
 
   const onOnline = () => {
     exports?.onHubOnline();
-    loops.forEach((l) => l.trigger());
+    for (const l of loops) l.trigger();
   };
   const onMcs = (msg: McsImports | McsStatus) => {
     if (msg.type === 'mcs-imports' && imports) {
@@ -102,7 +115,7 @@ export async function startKubernetesMode(o: KubernetesModeOptions): Promise<Kub
           );
         }
         cluster = id.id;
-        clusterSource = id.source;
+        clusterSource = id.source === 'configured' && !o.clusterId ? 'certificate' : id.source;
         const exportVersion = await servedVersion(api);
         await run(cluster, exportVersion);
         return;
@@ -151,15 +164,19 @@ export async function startKubernetesMode(o: KubernetesModeOptions): Promise<Kub
       serviceImports,
       services,
       slices,
-      advertiseAddress: o.advertiseAddress,
+      advertiseAddress,
       importVersion: mcsVersion,
+      graceMs: o.importGraceMs ?? IMPORT_GRACE_MS,
+      wakeIn: (ms) => importLoop?.trigger(ms),
     });
     const ex = exports;
     const im = imports;
     exportLoop = new ReconcileLoop('mcs-export', () => ex.reconcile(), log);
     importLoop = new ReconcileLoop('mcs-import', () => im.reconcile(), log);
     loops.push(exportLoop, importLoop);
-    const both = () => loops.forEach((l) => l.trigger());
+    const both = () => {
+      for (const l of loops) l.trigger();
+    };
     serviceExports.on('event', () => exportLoop?.trigger());
     services.on('event', both);
     slices.on('event', (_t, s) => {
@@ -177,7 +194,7 @@ export async function startKubernetesMode(o: KubernetesModeOptions): Promise<Kub
     if (o.client.state === 'online') onOnline();
     state = 'running';
     lastError = null;
-    log.info({ cluster: clusterId, server: api.server, mcsVersion, advertiseAddress: o.advertiseAddress ?? null }, 'kubernetes mode on');
+    log.info({ cluster: clusterId, server: api.server, mcsVersion, advertiseAddress: advertiseAddress ?? null }, 'kubernetes mode on');
   }
 
   void begin();
@@ -189,7 +206,7 @@ export async function startKubernetesMode(o: KubernetesModeOptions): Promise<Kub
         cluster,
         clusterSource,
         server: api.server,
-        advertiseAddress: o.advertiseAddress ?? null,
+        advertiseAddress: advertiseAddress ?? null,
         lastError: lastError ?? exportLoop?.lastError ?? importLoop?.lastError ?? informers.find((i) => i.lastError)?.lastError ?? null,
         informers: informers.map((i) => ({ path: i.path, synced: i.synced, objects: i.size, relists: i.relists, lastError: i.lastError })),
         exports: exports?.views() ?? [],
@@ -221,4 +238,13 @@ async function servedVersion(api: KubeApi): Promise<string> {
   if (versions.includes('v1beta1')) return 'v1beta1';
   if (versions.includes('v1alpha1')) return 'v1alpha1';
   throw new KubeError(404, 'NotFound', `${MCS_GROUP} serves neither v1beta1 nor v1alpha1 (${versions.join(', ')})`);
+}
+
+/** The first non-loopback IPv4 address of this host (outside a pod, without
+ * --advertise-address), or undefined. */
+function firstHostAddress(): string | undefined {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return undefined;
 }

@@ -12,9 +12,11 @@
  * the relayed connections for them.
  */
 import * as dgram from 'node:dgram';
+import { existsSync, readFileSync } from 'node:fs';
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo, Server } from 'node:net';
 import { ErrorCodes, type HostPort, type InboundEnds, type OutboundEnds, ZtmError, formatHostPort, respondError, tunnelFromPath, tunnelKey } from '@ztm/proto';
+import { writeFileAtomic } from '../identity/identity-store.js';
 import type { Logger } from '../log.js';
 import type { HubClient } from '../session/hub-client.js';
 import { type EndStats, newEndStats } from '../tunnel/end-stats.js';
@@ -44,6 +46,9 @@ export interface McsEndsOptions {
   udpIdleMs?: number;
   /** Called when the set of ends changed and the hub must be told. */
   onChange: () => void;
+  /** Where listener ports are remembered across restarts, so that imported
+   * EndpointSlices stay valid while the agent restarts. */
+  portsFile?: string;
 }
 
 export interface InboundWant {
@@ -63,6 +68,14 @@ export class McsEnds implements ManagedEnds {
 
   constructor(o: McsEndsOptions) {
     this.#o = o;
+    if (o.portsFile && existsSync(o.portsFile)) {
+      try {
+        const saved = JSON.parse(readFileSync(o.portsFile, 'utf8')) as Record<string, unknown>;
+        for (const [k, v] of Object.entries(saved)) if (typeof v === 'number' && v > 0 && v < 65536) this.#lastPort.set(k, v);
+      } catch (err) {
+        o.log.warn({ file: o.portsFile, reason: (err as Error).message }, 'mcs listener ports not restored');
+      }
+    }
   }
 
   /** Replace the exported outbound ends (tunnel name → targets). */
@@ -113,7 +126,17 @@ export class McsEnds implements ManagedEnds {
         this.#o.log.error({ tunnel: tunnelKey(id), exit: w.exit, reason: (err as Error).message }, 'mcs listener failed');
       }
     }
-    if (changed) this.#o.onChange();
+    if (changed) {
+      this.#o.onChange();
+      if (this.#o.portsFile) {
+        const keep = Object.fromEntries([...this.#inbound].map(([k, s]) => [k, s.port]));
+        try {
+          writeFileAtomic(this.#o.portsFile, `${JSON.stringify(keep, null, 2)}\n`, 0o600);
+        } catch (err) {
+          this.#o.log.warn({ file: this.#o.portsFile, reason: (err as Error).message }, 'mcs listener ports not saved');
+        }
+      }
+    }
     return new Map([...this.#inbound].map(([k, s]) => [k, s.port]));
   }
 

@@ -19,6 +19,9 @@ export const ANNOTATION_DERIVED_SERVICE = 'multicluster.kubernetes.io/derived-se
 export const MANAGED_BY = 'ztm.flomesh.io';
 /** Marks the ServiceImports and derived Services this agent manages. */
 export const LABEL_APP_MANAGED_BY = 'app.kubernetes.io/managed-by';
+/** Opt-in on a Service (value "true"): the agent creates its ServiceExport
+ * (and deletes the one it created when the annotation goes). */
+export const ANNOTATION_EXPORT = 'ztm.flomesh.io/export';
 
 export interface Condition {
   type: string;

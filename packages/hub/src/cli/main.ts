@@ -210,6 +210,10 @@ export function buildProgram(): Command {
         console.log(`endpoints  ${s.endpoints} enrolled, ${s.online} online, ${s.revoked} revoked`);
         console.log(`sessions   ${s.online} agent sessions (${s.sessionsWithReverse} with reverse session), ${s.unauthenticated} unauthenticated`);
         console.log(`streams    ${s.streamsOpen} open; ${formatBytes(s.bytesRelayed)} relayed; ${formatBytes(s.throughputBytesPerSec)}/s now`);
+        if (s.mcs?.clusters.length) {
+          const cl = s.mcs.clusters.map((c) => `${c.cluster} (${c.exports} exports, ${c.online ? 'online' : `offline, lease until ${c.leaseExpiresAt}`})`);
+          console.log(`clusters   ${cl.join('; ')}; ${s.mcs.imports} imports`);
+        }
         const rows = Object.entries(s.tunnels).map(([tunnel, c]) => ({
           TUNNEL: tunnel,
           OPEN: String(c.open),
@@ -254,6 +258,7 @@ interface HubStatus {
   throughputBytesPerSec: number;
   uptimeSec: number;
   tunnels: Record<string, { open: number; total: number; bytesIn: number; bytesOut: number; refusals: Record<string, number> }>;
+  mcs?: { clusters: { cluster: string; online: boolean; leaseExpiresAt: string | null; exports: number }[]; imports: number };
 }
 
 function formatBytes(n: number): string {

@@ -45,23 +45,25 @@ export class FileService {
   handle(session: AgentSession, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean {
     const method = headers[':method'];
     const path = String(headers[':path'] ?? '');
-    let m: RegExpExecArray | null;
+    const entryMatch = /^\/v1\/files\/(.+)$/.exec(path);
+    const statusMatch = /^\/v1\/content\/([0-9a-f]{64})\/status$/.exec(path);
+    const contentMatch = /^\/v1\/content\/([0-9a-f]{64})$/.exec(path);
     if (method === 'POST' && path === '/v1/files') {
       void this.#run(stream, async () => this.#publish(session, await readStreamJson(stream)));
       return true;
     }
-    if (method === 'DELETE' && (m = /^\/v1\/files\/(.+)$/.exec(path))) {
-      const name = decodeURIComponent(m[1] as string);
+    if (method === 'DELETE' && entryMatch) {
+      const name = decodeURIComponent(entryMatch[1] as string);
       void this.#run(stream, async () => this.#unpublish(session, name));
       return true;
     }
-    if (method === 'GET' && (m = /^\/v1\/content\/([0-9a-f]{64})\/status$/.exec(path))) {
-      const sha = m[1] as string;
+    if (method === 'GET' && statusMatch) {
+      const sha = statusMatch[1] as string;
       respondJson(stream, 200, { complete: this.#o.store.has(sha), received: this.#o.store.has(sha) ? this.#o.store.size(sha) : this.#o.store.received(sha) });
       return true;
     }
-    if ((m = /^\/v1\/content\/([0-9a-f]{64})$/.exec(path))) {
-      const sha = m[1] as string;
+    if (contentMatch) {
+      const sha = contentMatch[1] as string;
       if (method === 'PUT') this.#upload(session, stream, headers, sha);
       else if (method === 'GET') this.#download(stream, headers, sha);
       else respondError(stream, new ZtmError(ErrorCodes.NOT_FOUND, `no route ${method} ${path}`));

@@ -114,7 +114,7 @@ export class McsHub {
     }
     if (!this.#subscribers.has(session)) {
       this.#subscribers.add(session);
-      this.#sendFullImports(session, changed);
+      this.#sendFullImports(session);
     }
     this.#recompute(changed);
     if (fullApplied) this.#sendFullStatus(cs);
@@ -217,11 +217,10 @@ export class McsHub {
     }
   }
 
-  /** A new participant gets every import (except those about to be recomputed
-   * anyway: they follow as a delta). */
-  #sendFullImports(session: McsSession, skip: Set<string>): void {
-    const all = [...this.#imports.entries()].filter(([k]) => !skip.has(k)).map(([, v]) => v);
-    this.#send(session, 'mcs-imports', true, all, []);
+  /** A new participant gets every import; what this message changes follows
+   * as a delta. */
+  #sendFullImports(session: McsSession): void {
+    this.#send(session, 'mcs-imports', true, [...this.#imports.values()], []);
   }
 
   #sendFullStatus(cs: ClusterState): void {
