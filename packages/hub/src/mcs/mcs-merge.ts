@@ -13,7 +13,7 @@
  *
  * Pure: no I/O, no clock.
  */
-import { type McsConflictReason, type McsExport, type McsExportStatus, type McsImport, type McsPort, mcsTunnelName } from '@ztm/proto';
+import { McsConflictReason, type McsExport, type McsExportStatus, type McsImport, type McsPort, mcsTunnelName } from '@ztm/proto';
 
 export interface ClusterExport {
   cluster: string;
@@ -153,16 +153,7 @@ export function mergeExports(namespace: string, name: string, exports: readonly 
   return { import: imp, statuses };
 }
 
-const McsReasonOrder: McsConflictReason[] = [
-  'PortConflict',
-  'TypeConflict',
-  'SessionAffinityConflict',
-  'SessionAffinityConfigConflict',
-  'LabelsConflict',
-  'AnnotationsConflict',
-  'InternalTrafficPolicyConflict',
-  'TrafficDistributionConflict',
-  'IPFamilyConflict',
-];
+/** The mcs-api order of conflict reasons (the schema's own list). */
+const McsReasonOrder: readonly McsConflictReason[] = McsConflictReason.options;
 
 export const sameJson = (a: unknown, b: unknown): boolean => canon(a) === canon(b);
