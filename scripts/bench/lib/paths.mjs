@@ -1,0 +1,385 @@
+// The paths a byte takes from client to target, one per scenario, each brought
+// up on loopback with its own processes and the same three targets behind it:
+// an iperf3 server (its own), the shared echo server and the shared slow sink.
+//
+// A path is { name, ports: { iperf, echo, sink }, roles: { entry?, relay?, exit? }
+// (pids whose process trees are sampled), notes, stop() }.
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, runCmd, runDir, sleep, start, stop, waitLog, waitPort } from './procs.mjs';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+export const HUB_BIN = join(ROOT, 'packages/hub/bin/ztm-hub.js');
+export const AGENT_BIN = join(ROOT, 'packages/agent/bin/ztm-agent.js');
+
+const TARGETS = ['iperf', 'echo', 'sink'];
+
+/** One echo round trip through `port`, retried until it works (the path is
+ * routed) or the deadline passes. */
+export async function probeEcho(port, timeoutMs = 20_000) {
+  const { connect } = await import('node:net');
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    const ok = await new Promise((r) => {
+      const s = connect(port, '127.0.0.1');
+      const t = setTimeout(() => {
+        s.destroy();
+        r(false);
+      }, 2000);
+      s.once('connect', () => s.write('ping'));
+      s.once('data', () => {
+        clearTimeout(t);
+        s.destroy();
+        r(true);
+      });
+      s.once('error', (e) => {
+        last = e.code ?? e.message;
+        clearTimeout(t);
+        r(false);
+      });
+      s.once('close', () => r(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`no echo through port ${port} (${last || 'closed'})`);
+    await sleep(100);
+  }
+}
+
+/** Targets shared by every path: echo server and slow sink (rr), plus one
+ * iperf3 server per path (an iperf3 server runs one test at a time). */
+export async function startTargets(rr) {
+  const echo = await freePort();
+  const sink = await freePort();
+  const e = start('echo', rr, ['echo', String(echo)]);
+  const s = start('sink', rr, ['sink', String(sink), String(SINK_BYTES_PER_SEC)]);
+  await waitPort(echo, 5000, 'echo server');
+  await waitPort(sink, 5000, 'sink server');
+  return { echo, sink, procs: [e, s] };
+}
+
+/** The slow far end of the bounded-memory check: 8 MB/s. */
+export const SINK_BYTES_PER_SEC = 8_000_000;
+
+async function iperfServer(name) {
+  const port = await freePort();
+  const h = start(`iperf3-${name}`, 'iperf3', ['-s', '-p', String(port), '-B', '127.0.0.1']);
+  await waitPort(port, 5000, `iperf3 server for ${name}`);
+  return { port, h };
+}
+
+// ---- direct ----
+export async function direct(targets) {
+  const ip = await iperfServer('direct');
+  return {
+    name: 'direct',
+    ports: { iperf: ip.port, echo: targets.echo, sink: targets.sink },
+    roles: {},
+    notes: 'client → target on loopback',
+    stop: () => stop(ip.h),
+  };
+}
+
+// ---- ztm ----
+const node = process.execPath;
+
+/** A hub, entry agent A and exit agent B through the real CLIs, tunnels
+ * tcp/bench-iperf, tcp/bench-echo, tcp/bench-sink. `nodeArgs` go before the
+ * bin (profiling). */
+export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort } = {}) {
+  const base = join(runDir(), tag);
+  mkdirSync(base, { recursive: true });
+  const ip = iperfPort ? null : await iperfServer(tag);
+  const hubPort = await freePort();
+  const hubAddr = `127.0.0.1:${hubPort}`;
+  const hubDir = join(base, 'hub');
+  const targetPorts = { iperf: iperfPort ?? ip.port, echo: targets.echo, sink: targets.sink };
+  const ports = {};
+  for (const t of TARGETS) ports[t] = await freePort();
+  const agents = { a: { dir: join(base, 'a') }, b: { dir: join(base, 'b') } };
+  // Through the CLIs, as an operator would, with what can run at once in
+  // parallel: permits are made on the data directory before the hub serves,
+  // tunnels are saved before the agents run (they open at start).
+  await runCmd(node, [HUB_BIN, 'init', '--data', hubDir, '--names', hubAddr, '--mesh', 'bench']);
+  for (const name of ['a', 'b']) await runCmd(node, [HUB_BIN, 'permit', 'create', name, '--data', hubDir, '--out', join(base, `${name}.permit.json`)]);
+  // The load generator enrols thousands of endpoints from 127.0.0.1: lift the
+  // per-address enrolment rate limit, where this hub has one.
+  const hubConfig = join(base, 'hub.yaml');
+  writeFileSync(hubConfig, 'enrolPerMinute: 100000000\n');
+  const configArgs = await runCmd(node, [HUB_BIN, 'config', 'check', '--config', hubConfig]).then(
+    () => ['--config', hubConfig],
+    () => [],
+  );
+  const serve = () => start(`${tag}-hub`, node, [...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs]);
+  let hub = serve();
+  await waitLog(hub, /"hub listening"/);
+  const agentCli = (args) => runCmd(node, [AGENT_BIN, ...args]);
+  await Promise.all([
+    (async () => {
+      await agentCli(['join', '--permit', join(base, 'b.permit.json'), '--data', agents.b.dir]);
+      for (const t of TARGETS)
+        await agentCli(['tunnel', 'open', 'outbound', `tcp/bench-${t}`, '--target', `127.0.0.1:${targetPorts[t]}`, '--data', agents.b.dir]);
+    })(),
+    (async () => {
+      await agentCli(['join', '--permit', join(base, 'a.permit.json'), '--data', agents.a.dir]);
+      for (const t of TARGETS) await agentCli(['tunnel', 'open', 'inbound', `tcp/bench-${t}`, '--listen', `127.0.0.1:${ports[t]}`, '--data', agents.a.dir]);
+    })(),
+  ]);
+  for (const name of ['b', 'a']) agents[name].h = start(`${tag}-agent-${name}`, node, [...nodeArgs, AGENT_BIN, 'run', '--data', agents[name].dir]);
+  await waitLog(agents.a.h, /"msg":"online"/);
+  await waitLog(agents.b.h, /"msg":"online"/);
+  await probeEcho(ports.echo);
+  const path = {
+    name: tag,
+    ports,
+    hubAddr,
+    hubDir,
+    get hub() {
+      return hub;
+    },
+    agents,
+    roles: { entry: agents.a.h.pid, relay: hub.pid, exit: agents.b.h.pid },
+    notes: 'client → agent A inbound → hub → agent B outbound → target; mTLS HTTP/2 on both hops',
+    /** Kill the hub (SIGKILL) and start it again on the same data and port. */
+    async restartHub() {
+      await stop(hub, 'SIGKILL');
+      const killedAt = Date.now();
+      hub = serve();
+      await waitLog(hub, /"hub listening"/, 30_000);
+      path.roles.relay = hub.pid;
+      return { killedAt, listeningAt: Date.now() };
+    },
+    async stop() {
+      await Promise.all([stop(agents.a.h), stop(agents.b.h)]);
+      await stop(hub);
+      if (ip) await stop(ip.h);
+    },
+  };
+  return path;
+}
+
+// ---- ssh -L ----
+export async function ssh(targets) {
+  const dir = join(runDir(), 'ssh');
+  mkdirSync(dir, { recursive: true });
+  chmodSync(dir, 0o700);
+  const ip = await iperfServer('ssh');
+  const user = process.env.USER || (await runCmd('id', ['-un'])).trim();
+  if (process.getuid?.() === 0) mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
+  for (const k of ['host', 'client']) await runCmd('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, k)]);
+  await runCmd('cp', [join(dir, 'client.pub'), join(dir, 'authorized_keys')]);
+  chmodSync(join(dir, 'authorized_keys'), 0o600);
+  const sport = await freePort();
+  writeFileSync(
+    join(dir, 'sshd_config'),
+    [
+      `Port ${sport}`,
+      'ListenAddress 127.0.0.1',
+      `HostKey ${join(dir, 'host')}`,
+      `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      'PubkeyAuthentication yes',
+      'PermitRootLogin prohibit-password',
+      `AllowUsers ${user}`,
+      'StrictModes no',
+      'UsePAM no',
+      'AllowTcpForwarding yes',
+      'Ciphers aes128-gcm@openssh.com',
+      'Compression no',
+      'MaxSessions 100',
+      'MaxStartups 100:30:200',
+      'LogLevel ERROR',
+      `PidFile ${join(dir, 'sshd.pid')}`,
+      '',
+    ].join('\n'),
+  );
+  const sshd = start('sshd', '/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')]);
+  await waitPort(sport, 10_000, 'sshd');
+  const ports = {};
+  const forwards = [];
+  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  for (const t of TARGETS) {
+    ports[t] = await freePort();
+    forwards.push('-L', `127.0.0.1:${ports[t]}:127.0.0.1:${targetPorts[t]}`);
+  }
+  const client = start('ssh', 'ssh', [
+    '-N',
+    '-F',
+    '/dev/null',
+    '-p',
+    String(sport),
+    '-i',
+    join(dir, 'client'),
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-o',
+    `UserKnownHostsFile=${join(dir, 'known_hosts')}`,
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'ExitOnForwardFailure=yes',
+    '-o',
+    'Ciphers=aes128-gcm@openssh.com',
+    '-o',
+    'Compression=no',
+    ...forwards,
+    `${user}@127.0.0.1`,
+  ]);
+  await probeEcho(ports.echo);
+  return {
+    name: 'ssh',
+    ports,
+    roles: { entry: client.pid, exit: sshd.pid },
+    notes: 'ssh -L (OpenSSH, aes128-gcm@openssh.com): one encrypted hop; sshd measured with its session process',
+    async stop() {
+      await stop(client);
+      await stop(sshd);
+      await stop(ip.h);
+    },
+  };
+}
+
+// ---- stunnel: entry → relay → exit, TLS on both hops ----
+async function selfSignedCert(dir) {
+  const key = join(dir, 'key.pem');
+  const cert = join(dir, 'cert.pem');
+  await runCmd('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+    '-days',
+    '2',
+    '-subj',
+    '/CN=127.0.0.1',
+    '-addext',
+    'subjectAltName=IP:127.0.0.1',
+  ]);
+  return { key, cert };
+}
+
+function stunnelConf(dir, name, services, pki) {
+  const lines = ['foreground = yes', 'pid =', 'debug = 3', 'socket = l:TCP_NODELAY=1', 'socket = r:TCP_NODELAY=1', ''];
+  for (const s of services) {
+    lines.push(`[${s.name}]`, `accept = 127.0.0.1:${s.accept}`, `connect = 127.0.0.1:${s.connect}`);
+    if (s.client) lines.push('client = yes', 'verifyChain = yes', `CAfile = ${pki.cert}`, 'checkIP = 127.0.0.1');
+    else lines.push(`cert = ${pki.cert}`, `key = ${pki.key}`);
+    lines.push('');
+  }
+  const file = join(dir, `${name}.conf`);
+  writeFileSync(file, lines.join('\n'));
+  return file;
+}
+
+/** Also returns `stunnel1`, the one-TLS-leg variant (entry → exit) on the
+ * same processes, as a reference. */
+export async function stunnel(targets) {
+  const dir = join(runDir(), 'stunnel');
+  mkdirSync(dir, { recursive: true });
+  const pki = await selfSignedCert(dir);
+  const ip = await iperfServer('stunnel');
+  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  const entry = [];
+  const relay = [];
+  const exit = [];
+  const ports = {};
+  const ports1 = {};
+  for (const t of TARGETS) {
+    const [l, l1, rin, mid, xin] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    ports[t] = l;
+    ports1[t] = l1;
+    entry.push({ name: t, accept: l, connect: rin, client: true }, { name: `${t}-1leg`, accept: l1, connect: xin, client: true });
+    relay.push({ name: `${t}-in`, accept: rin, connect: mid }, { name: `${t}-out`, accept: mid, connect: xin, client: true });
+    exit.push({ name: t, accept: xin, connect: targetPorts[t] });
+  }
+  const procs = {};
+  for (const [name, services] of [
+    ['exit', exit],
+    ['relay', relay],
+    ['entry', entry],
+  ]) {
+    procs[name] = start(`stunnel-${name}`, 'stunnel', [stunnelConf(dir, name, services, pki)]);
+  }
+  await probeEcho(ports.echo);
+  await probeEcho(ports1.echo);
+  const stopAll = async () => {
+    for (const h of Object.values(procs)) await stop(h);
+    await stop(ip.h);
+  };
+  return [
+    {
+      name: 'stunnel',
+      ports,
+      roles: { entry: procs.entry.pid, relay: procs.relay.pid, exit: procs.exit.pid },
+      notes: 'stunnel client → stunnel relay (TLS in, loopback, TLS out) → stunnel server → target: TLS on both hops, server-authenticated',
+      stop: stopAll,
+    },
+    {
+      name: 'stunnel1',
+      ports: ports1,
+      roles: { entry: procs.entry.pid, exit: procs.exit.pid },
+      notes: 'stunnel client → stunnel server → target: one TLS hop (reference)',
+      stop: async () => {},
+    },
+  ];
+}
+
+// ---- frp stcp ----
+export async function frp(targets, binDir) {
+  const dir = join(runDir(), 'frp');
+  mkdirSync(dir, { recursive: true });
+  const ip = await iperfServer('frp');
+  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  const sport = await freePort();
+  const common = ['serverAddr = "127.0.0.1"', `serverPort = ${sport}`, 'auth.token = "ztm-bench"', 'transport.tls.enable = true', 'loginFailExit = true'];
+  const log = ['log.to = "console"', 'log.level = "warn"'];
+  writeFileSync(
+    join(dir, 'frps.toml'),
+    ['bindAddr = "127.0.0.1"', `bindPort = ${sport}`, 'auth.token = "ztm-bench"', 'transport.tls.force = true', ...log, ''].join('\n'),
+  );
+  const server = [...common, ...log, ''];
+  const visitor = [...common, ...log, ''];
+  const ports = {};
+  for (const t of TARGETS) {
+    ports[t] = await freePort();
+    server.push('[[proxies]]', `name = "bench-${t}"`, 'type = "stcp"', 'secretKey = "ztm-bench"', 'localIP = "127.0.0.1"', `localPort = ${targetPorts[t]}`, '');
+    visitor.push(
+      '[[visitors]]',
+      `name = "bench-${t}-visitor"`,
+      'type = "stcp"',
+      `serverName = "bench-${t}"`,
+      'secretKey = "ztm-bench"',
+      'bindAddr = "127.0.0.1"',
+      `bindPort = ${ports[t]}`,
+      '',
+    );
+  }
+  writeFileSync(join(dir, 'frpc-server.toml'), server.join('\n'));
+  writeFileSync(join(dir, 'frpc-visitor.toml'), visitor.join('\n'));
+  const frps = start('frps', join(binDir, 'frps'), ['-c', join(dir, 'frps.toml')]);
+  await waitPort(sport, 10_000, 'frps');
+  const exit = start('frpc-server', join(binDir, 'frpc'), ['-c', join(dir, 'frpc-server.toml')]);
+  const entry = start('frpc-visitor', join(binDir, 'frpc'), ['-c', join(dir, 'frpc-visitor.toml')]);
+  await probeEcho(ports.echo, 30_000);
+  return {
+    name: 'frp',
+    ports,
+    roles: { entry: entry.pid, relay: frps.pid, exit: exit.pid },
+    notes: 'frpc stcp visitor → frps → frpc → target; TLS on, tcpMux (defaults)',
+    async stop() {
+      await stop(entry);
+      await stop(exit);
+      await stop(frps);
+      await stop(ip.h);
+    },
+  };
+}
