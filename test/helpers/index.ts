@@ -112,8 +112,10 @@ export class Daemon {
   stderr = '';
   readonly exited: Promise<number | null>;
 
-  constructor(bin: string, args: string[], env?: NodeJS.ProcessEnv) {
-    this.child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  /** `prefix` runs the daemon under another command (e.g. `ip netns exec NS`). */
+  constructor(bin: string, args: string[], env?: NodeJS.ProcessEnv, prefix: readonly string[] = []) {
+    const [cmd, ...rest] = [...prefix, process.execPath, bin, ...args];
+    this.child = spawn(cmd as string, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     this.child.stdout?.on('data', (c: Buffer) => {
       this.output += c;
     });
@@ -131,7 +133,13 @@ export class Daemon {
     return this.output
       .split('\n')
       .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
+      .flatMap((l) => {
+        try {
+          return [JSON.parse(l) as Record<string, unknown>];
+        } catch {
+          return []; // a line still being written
+        }
+      });
   }
 
   async waitLog(match: (l: Record<string, unknown>) => boolean, timeoutMs = 20_000): Promise<Record<string, unknown>> {

@@ -13,14 +13,14 @@
  * route, so it reaches only its host side: the hub, its API server (through a
  * forwarder the test runs there) and backends bound to that address.
  */
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AGENT_BIN, HUB_BIN, type RunResult, agentCli, freePort, hubCli, testDir, waitFor } from './index.js';
+import { AGENT_BIN, Daemon, HUB_BIN, type RunResult, agentCli, freePort, hubCli, testDir, waitFor } from './index.js';
 
 type T = { teardown(fn: () => unknown): void };
 
@@ -318,59 +318,14 @@ export class TcpForwarder {
 // ---- processes ---------------------------------------------------------------------------
 
 /** A daemon whose JSON logs are captured; may run inside a site. */
-export class SiteDaemon {
-  readonly child: ChildProcess;
-  output = '';
-  stderr = '';
-  readonly exited: Promise<number | null>;
-
+/** A daemon inside a site's network namespace (or on the host when site is null). */
+export class SiteDaemon extends Daemon {
   constructor(site: Site | null, bin: string, args: string[]) {
-    const [cmd, ...pre] = [...(site?.prefix ?? []), process.execPath, bin, ...args];
-    this.child = spawn(cmd as string, pre, { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout?.on('data', (c: Buffer) => {
-      this.output += c;
-    });
-    this.child.stderr?.on('data', (c: Buffer) => {
-      this.stderr += c;
-    });
-    this.exited = once(this.child, 'exit').then(([code]) => code as number | null);
+    super(bin, args, undefined, site?.prefix ?? []);
   }
 
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  logs(): Record<string, unknown>[] {
-    return this.output
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .flatMap((l) => {
-        try {
-          return [JSON.parse(l) as Record<string, unknown>];
-        } catch {
-          return [];
-        }
-      });
-  }
-
-  async waitLog(match: (l: Record<string, unknown>) => boolean, timeoutMs = 30_000): Promise<Record<string, unknown>> {
-    return waitFor(
-      () => {
-        const hit = this.logs().find(match);
-        if (!hit && !this.running) throw new Error(`process exited (${this.child.exitCode ?? this.child.signalCode}): ${this.stderr.trim().slice(0, 500)}`);
-        return hit;
-      },
-      { timeoutMs, what: `log line (stderr: ${this.stderr.trim().slice(0, 300)})` },
-    );
-  }
-
-  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number | null> {
-    if (!this.running) return this.child.exitCode;
-    this.child.kill(signal);
-    const t = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
-    const code = await this.exited;
-    clearTimeout(t);
-    return code;
+  override waitLog(match: (l: Record<string, unknown>) => boolean, timeoutMs = 30_000): Promise<Record<string, unknown>> {
+    return super.waitLog(match, timeoutMs);
   }
 }
 
