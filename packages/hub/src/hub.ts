@@ -321,7 +321,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       revoked: endpoints.filter((e) => e.revoked_at !== null).length,
       unauthenticated: anonymous,
       sessionsWithReverse: [...sessions.all()].filter((x) => x.hasReverse).length,
-      streamsOpen: [...stats.byTunnel.values()].reduce((n, c) => n + c.open, 0),
+      streamsOpen: stats.openStreams(),
       bytesRelayed: stats.bytesTotal(),
       throughputBytesPerSec: rate.bytesPerSec,
       tunnels: stats.snapshot(),
@@ -374,9 +374,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       adminServer?.close();
       sessions.close('hub shutting down');
       const deadline = Date.now() + config.shutdownGrace;
-      const open = () => [...stats.byTunnel.values()].reduce((n, c) => n + c.open, 0);
-      while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      if (open() > 0) log.warn({ streams: open() }, 'grace period over; dropping streams still open');
+      while (stats.openStreams() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      if (stats.openStreams() > 0) log.warn({ streams: stats.openStreams() }, 'grace period over; dropping streams still open');
       sessions.destroyAll();
       metricsServer?.close();
     },

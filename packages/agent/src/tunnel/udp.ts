@@ -43,8 +43,6 @@ interface Flow {
   ready: boolean;
   pending: Buffer[];
   lastActive: number;
-  bytesIn: number;
-  bytesOut: number;
 }
 
 export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stats: EndStats, log: Logger, idleMs = UDP_FLOW_IDLE_MS): Promise<UdpListener> {
@@ -70,7 +68,7 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
       countFailure(stats, (err as ZtmError).code);
       return undefined;
     }
-    const flow: Flow = { stream, ready: false, pending: [], lastActive: Date.now(), bytesIn: 0, bytesOut: 0 };
+    const flow: Flow = { stream, ready: false, pending: [], lastActive: Date.now() };
     flows.set(key, flow);
     stream.on('error', () => {});
     stream.once('response', (h) => {
@@ -99,7 +97,6 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
       }
       flow.lastActive = Date.now();
       for (const d of datagrams) {
-        flow.bytesOut += d.length;
         stats.bytesOut += d.length;
         sock.send(d, rinfo.port, rinfo.address);
       }
@@ -125,7 +122,6 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
       stats.dropped++;
       return;
     }
-    flow.bytesIn += msg.length;
     stats.bytesIn += msg.length;
     flow.stream.write(encodeDatagram(msg));
   });

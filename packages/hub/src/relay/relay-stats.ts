@@ -34,6 +34,13 @@ export class RelayStats {
     c.closes[reason] = (c.closes[reason] ?? 0) + 1;
   }
 
+  /** Relayed streams open now, all tunnels. */
+  openStreams(): number {
+    let n = 0;
+    for (const c of this.byTunnel.values()) n += c.open;
+    return n;
+  }
+
   /** Bytes relayed so far, both directions, all tunnels. */
   bytesTotal(): number {
     let n = 0;

@@ -6,8 +6,19 @@
  */
 import type { ClientHttp2Stream, IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { constants as h2 } from 'node:http2';
-import { ErrorCodes, Headers, MCS_TUNNEL_PREFIX, type TunnelId, ZtmError, fromWire, readJsonBody, splice, tunnelKey, tunnelPath } from '@ztm/proto';
-import { respondError } from '@ztm/proto';
+import {
+  ErrorCodes,
+  Headers,
+  MCS_TUNNEL_PREFIX,
+  type TunnelId,
+  ZtmError,
+  fromWire,
+  readJsonBody,
+  respondError,
+  splice,
+  tunnelKey,
+  tunnelPath,
+} from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { AgentSession } from '../session/agent-session.js';
 import type { SessionManager } from '../session/session-manager.js';
@@ -73,16 +84,12 @@ export async function relayConnection(
         outbound.close(h2.NGHTTP2_CANCEL);
         return;
       }
-      source.streamsOpen++;
-      exit.streamsOpen++;
       const meter = deps.stats.opened(key);
       inbound.respond({ ':status': 200 });
       splice(
         { stream: inbound, reset: () => inbound.close(h2.NGHTTP2_CANCEL) },
         { stream: outbound, reset: () => outbound.close(h2.NGHTTP2_CANCEL) },
         (r) => {
-          source.streamsOpen--;
-          exit.streamsOpen--;
           deps.stats.closed(key, r.end === 'done' ? 'closed' : 'reset');
           deps.log.debug(
             {

@@ -36,8 +36,6 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   /** The agent's outbound ends, by tunnel key (tcp/NAME), as it last told us. */
   outbound = new Map<string, OutboundEndPolicy>();
   inbound: InboundEnds['ends'] = [];
-  /** Relayed streams through this session now (as entrance or exit). */
-  streamsOpen = 0;
   lastAckAt = Date.now();
   pingOutstanding = false;
   rttMs: number | null = null;
