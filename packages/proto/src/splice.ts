@@ -2,9 +2,15 @@
  * The bidirectional stream pipe used on every relay hop (agent: socket ↔
  * HTTP/2 stream; hub: stream ↔ stream).
  *
- * - Backpressure: `pipe()` pauses a source while its destination is full, so
- *   nothing is buffered beyond the destination's high-water mark and HTTP/2
- *   flow-control windows.
+ * - Backpressure: a source is paused while its destination is full, so
+ *   nothing is buffered beyond the destination's high-water mark
+ *   (`DATA_HIGH_WATER_MARK_BYTES`, set here on HTTP/2 streams too, whose
+ *   constructor takes none) and the HTTP/2 flow-control windows.
+ * - Write batching (`batchWrites`): the first chunk of an event-loop turn corks
+ *   the destination and a `setImmediate` uncorks it, so the chunks that
+ *   arrived in one turn leave in one writev instead of one write(2) each
+ *   (HTTP/2 DATA frames arrive 16 KiB at a time). Used by the agents; the
+ *   hub measured slower with it (shared/ARCHITECTURE.md §5).
  * - Half-close: the clean end of one direction ends the other side's writable
  *   side only; the opposite direction keeps flowing (TCP sockets need
  *   `allowHalfOpen: true`).
@@ -12,6 +18,7 @@
  *   CANCEL on a stream, RST on a TCP socket), never a fake clean end.
  */
 import type { Duplex } from 'node:stream';
+import { DATA_HIGH_WATER_MARK_BYTES } from './limits.js';
 
 export type SpliceEnd = 'done' | 'reset';
 
@@ -40,7 +47,51 @@ export interface ByteMeter {
   bytesOut: number;
 }
 
-export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) => void, meter?: ByteMeter): void {
+export interface SpliceOptions {
+  meter?: ByteMeter;
+  /** Cork each destination for the rest of an event-loop turn on its first
+   * write (see above). */
+  batchWrites?: boolean;
+}
+
+interface StreamState {
+  highWaterMark: number;
+}
+
+/** Raise a stream's buffer high-water marks to the data path's: node:http2
+ * creates its streams with the 16 KiB default, which pauses the source after
+ * every DATA frame. */
+export function tuneDataStream(s: Duplex): void {
+  const st = s as Duplex & { _readableState?: StreamState; _writableState?: StreamState };
+  if (st._readableState && st._readableState.highWaterMark < DATA_HIGH_WATER_MARK_BYTES) st._readableState.highWaterMark = DATA_HIGH_WATER_MARK_BYTES;
+  if (st._writableState && st._writableState.highWaterMark < DATA_HIGH_WATER_MARK_BYTES) st._writableState.highWaterMark = DATA_HIGH_WATER_MARK_BYTES;
+}
+
+/** Copy `src` into `dst` with backpressure; `src`'s end ends `dst` (half-close). */
+function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => void): void {
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    dst.uncork();
+  };
+  const onDrain = () => src.resume();
+  src.on('data', (c: Buffer) => {
+    count(c.length);
+    if (batch && !corked) {
+      corked = true;
+      dst.cork();
+      setImmediate(uncork);
+    }
+    if (!dst.write(c)) src.pause();
+  });
+  dst.on('drain', onDrain);
+  src.once('end', () => {
+    dst.off('drain', onDrain);
+    if (!dst.writableEnded && !dst.destroyed) dst.end();
+  });
+}
+
+export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) => void, opts: SpliceOptions = {}): void {
   const started = Date.now();
   let aToB = 0;
   let bToA = 0;
@@ -50,8 +101,8 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
     if (over) return;
     over = true;
     if (end === 'reset') {
-      a.stream.unpipe(b.stream);
-      b.stream.unpipe(a.stream);
+      a.stream.pause();
+      b.stream.pause();
       a.reset();
       b.reset();
     } else {
@@ -82,17 +133,18 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
       } else finish('reset', `${name}: closed early${rst ? ` (rst ${rst})` : ''}`);
     });
   };
-  const m = meter ?? { bytesIn: 0, bytesOut: 0 };
-  a.stream.on('data', (c: Buffer) => {
-    aToB += c.length;
-    m.bytesIn += c.length;
-  });
-  b.stream.on('data', (c: Buffer) => {
-    bToA += c.length;
-    m.bytesOut += c.length;
-  });
+  const m = opts.meter ?? { bytesIn: 0, bytesOut: 0 };
+  const batch = opts.batchWrites ?? false;
+  tuneDataStream(a.stream);
+  tuneDataStream(b.stream);
   watch(a, 'a');
   watch(b, 'b');
-  a.stream.pipe(b.stream);
-  b.stream.pipe(a.stream);
+  pump(a.stream, b.stream, batch, (n) => {
+    aToB += n;
+    m.bytesIn += n;
+  });
+  pump(b.stream, a.stream, batch, (n) => {
+    bToA += n;
+    m.bytesOut += n;
+  });
 }

@@ -101,7 +101,7 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
         countClose(stats, r.end === 'done' ? 'closed' : 'reset');
         log.debug({ tunnel: end.key, bytesIn: r.bytesAtoB, bytesOut: r.bytesBtoA, durationMs: r.durationMs, end: r.end, reason: r.reason }, 'stream closed');
       },
-      stats,
+      { meter: stats, batchWrites: true },
     );
   });
 }
@@ -160,6 +160,7 @@ export function serveTcpExit(end: OutboundEnd, stream: ServerHttp2Stream, header
             'stream closed',
           );
         },
+        { batchWrites: true },
       );
     },
     (err: ZtmError) => {

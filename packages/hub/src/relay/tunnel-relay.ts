@@ -105,7 +105,7 @@ export async function relayConnection(
             'stream closed',
           );
         },
-        meter,
+        { meter },
       );
       return;
     }

@@ -1,0 +1,119 @@
+/**
+ * splice(): bytes arrive whole and in order with and without write batching,
+ * half-close keeps the other direction, a reset passes on, a full destination
+ * pauses the source, and HTTP/2 streams get the data path's high-water marks.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import t from 'tap';
+import { DATA_HIGH_WATER_MARK_BYTES, type SpliceResult, splice, tuneDataStream } from '@ztm/proto';
+
+/** A TCP pair on loopback: [client end, server end]. */
+async function socketPair(): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer({ allowHalfOpen: true });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const client = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await new Promise((r) => client.once('connect', r));
+  const s = await accepted;
+  server.close();
+  return [client, s];
+}
+
+/** client ⇄ [a | splice | b] ⇄ far: returns the outer ends and the result. */
+async function relay(batchWrites: boolean) {
+  const [client, a] = await socketPair();
+  const [b, far] = await socketPair();
+  const done = new Promise<SpliceResult>((resolve) =>
+    splice({ stream: a, reset: () => a.resetAndDestroy() }, { stream: b, reset: () => b.resetAndDestroy() }, resolve, { batchWrites }),
+  );
+  return { client, far, done };
+}
+
+const sha = (chunks: Buffer[]) => createHash('sha256').update(Buffer.concat(chunks)).digest('hex');
+const collect = (s: net.Socket) =>
+  new Promise<Buffer[]>((resolve) => {
+    const got: Buffer[] = [];
+    s.on('data', (c: Buffer) => got.push(c));
+    s.once('end', () => resolve(got));
+  });
+
+for (const batchWrites of [false, true]) {
+  t.test(`bytes whole both ways, half-close kept (batchWrites ${batchWrites})`, async (t) => {
+    const { client, far, done } = await relay(batchWrites);
+    const up = randomBytes(8 * 1024 * 1024 + 13);
+    const down = randomBytes(3 * 1024 * 1024 + 7);
+    const gotFar = collect(far);
+    const gotClient = collect(client);
+    // Many small writes in one turn: the batched path must keep their order.
+    for (let i = 0; i < up.length; i += 1000) client.write(up.subarray(i, i + 1000));
+    client.end();
+    // The client has shut its write side; the reply still reaches it.
+    const farChunks = await gotFar;
+    t.equal(sha(farChunks), sha([up]), 'far end got every byte in order');
+    far.end(down);
+    t.equal(sha(await gotClient), sha([down]), 'the reply reached the half-closed client');
+    const r = await done;
+    t.equal(r.end, 'done');
+    t.equal(r.bytesAtoB, up.length);
+    t.equal(r.bytesBtoA, down.length);
+  });
+}
+
+t.test('a reset on one side resets the other', async (t) => {
+  const { client, far, done } = await relay(true);
+  const closed = new Promise<string>((resolve) => {
+    client.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    client.once('close', () => resolve('closed'));
+  });
+  client.write('hello');
+  await new Promise((r) => far.once('data', r));
+  far.resetAndDestroy();
+  t.equal((await done).end, 'reset');
+  t.match(await closed, /ECONNRESET|closed/, 'the client saw its connection go');
+});
+
+t.test('a destination that is not read pauses the source (bounded buffering)', async (t) => {
+  const { client, far, done } = await relay(true);
+  far.pause();
+  let accepted = 0;
+  const chunk = Buffer.alloc(64 * 1024);
+  // Push until the client's own buffer stays full: the relay stopped reading.
+  for (let i = 0; i < 2000; i++) {
+    if (client.write(chunk)) accepted += chunk.length;
+    else {
+      const drained = await Promise.race([new Promise((r) => client.once('drain', () => r(true))), new Promise((r) => setTimeout(() => r(false), 500))]);
+      if (!drained) break;
+      accepted += chunk.length;
+    }
+  }
+  // Kernel buffers on three sockets plus the relay's 1 MiB high-water marks;
+  // without backpressure it would take all 125 MiB offered.
+  t.ok(accepted < 64 * 1024 * 1024, `accepted ${(accepted / 2 ** 20).toFixed(1)} MiB before backpressure held`);
+  client.destroy();
+  far.destroy();
+  await done;
+});
+
+t.test('HTTP/2 streams get the data high-water marks', async (t) => {
+  const server = http2.createServer();
+  server.on('stream', (s) => {
+    tuneDataStream(s);
+    t.equal(s.writableHighWaterMark, DATA_HIGH_WATER_MARK_BYTES);
+    t.equal(s.readableHighWaterMark, DATA_HIGH_WATER_MARK_BYTES);
+    s.respond({ ':status': 200 });
+    s.end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+  const req = session.request({ ':path': '/' });
+  tuneDataStream(req);
+  t.equal(req.writableHighWaterMark, DATA_HIGH_WATER_MARK_BYTES);
+  req.end();
+  req.resume();
+  await new Promise((r) => req.once('close', r));
+  session.close();
+  server.close();
+});
