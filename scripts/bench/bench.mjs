@@ -4,6 +4,10 @@
 //
 //   node scripts/bench/bench.mjs [--quick] [--json FILE] [--scenarios a,b,…]
 //        [--repeats N] [--levels 1000,5000] [--no-hub] [--only-hub] [--keep]
+//        [--baseline REF]
+//
+// --baseline REF builds the product at git REF (once, cached) and runs it as
+// scenario `base` beside `ztm`: the before/after table of a change, one run.
 //
 // Needs ZTM_BENCH_RR (the compiled rr.c) and, for frp, ZTM_BENCH_FRP_BIN (a dir
 // with frps and frpc) or ZTM_BENCH_FRP_SKIP (why not).
@@ -11,6 +15,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { baselineRoot } from './lib/baseline.mjs';
 import { hubScale } from './lib/hubscale.mjs';
 import { AGENT_BIN, ROOT, direct, frp, ssh, startTargets, stunnel, ztm } from './lib/paths.mjs';
 import { cleanupAll, loadAverage, runCmd, runDir, stop } from './lib/procs.mjs';
@@ -36,7 +41,9 @@ if (flag('--help') || flag('-h')) {
 const quick = flag('--quick');
 const jsonFile = opt('--json');
 const allPaths = ['direct', 'ztm', 'ssh', 'stunnel', 'stunnel1', 'frp'];
+const baselineRef = opt('--baseline');
 const wanted = opt('--scenarios', quick ? 'direct,ztm' : allPaths.join(',')).split(',');
+if (baselineRef && !wanted.includes('base')) wanted.splice(wanted.indexOf('ztm') + 1, 0, 'base');
 const repeats = Number(opt('--repeats', quick ? 1 : 3));
 const levels = opt('--levels', quick ? '1000' : '1000,5000,10000')
   .split(',')
@@ -123,6 +130,14 @@ async function main() {
         log(`starting ${name}`);
         if (name === 'direct') paths.push(await direct(targets));
         else if (name === 'ztm') paths.push(await ztm(targets));
+        else if (name === 'base') {
+          if (!baselineRef) throw new Error('scenario base needs --baseline REF');
+          const b = baselineRoot(ROOT, baselineRef, log);
+          machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
+          const p = await ztm(targets, { tag: 'base', root: b.dir });
+          p.notes = `the ztm path built at ${machine.baseline}`;
+          paths.push(p);
+        }
         else if (name === 'ssh') paths.push(await ssh(targets));
         else if (name === 'stunnel') {
           const [two, one] = await stunnel(targets);

@@ -87,7 +87,9 @@ const node = process.execPath;
 /** A hub, entry agent A and exit agent B through the real CLIs, tunnels
  * tcp/bench-iperf, tcp/bench-echo, tcp/bench-sink. `nodeArgs` go before the
  * bin (profiling). */
-export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort } = {}) {
+export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root = ROOT } = {}) {
+  const HUB_BIN = join(root, 'packages/hub/bin/ztm-hub.js');
+  const AGENT_BIN = join(root, 'packages/agent/bin/ztm-agent.js');
   const base = join(runDir(), tag);
   mkdirSync(base, { recursive: true });
   const ip = iperfPort ? null : await iperfServer(tag);
