@@ -137,8 +137,7 @@ async function main() {
           const p = await ztm(targets, { tag: 'base', root: b.dir });
           p.notes = `the ztm path built at ${machine.baseline}`;
           paths.push(p);
-        }
-        else if (name === 'ssh') paths.push(await ssh(targets));
+        } else if (name === 'ssh') paths.push(await ssh(targets));
         else if (name === 'stunnel') {
           const [two, one] = await stunnel(targets);
           paths.push(two);
