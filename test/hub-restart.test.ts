@@ -1,12 +1,13 @@
 /**
  * Restarts and losses: the hub restarted (gracefully and by kill -9) keeps its
  * endpoints, certificates and revocations and the agents come back on their
- * own; an agent killed or frozen is seen offline within the keepalive timeout.
+ * own; an agent killed or frozen is seen offline within the keepalive timeout;
+ * keepalive is one PING per interval, from the hub; a frozen hub is noticed.
  */
 import t from 'tap';
 import type { EndpointInfo } from '@ztm/proto';
-import { startAgent, startHub } from './helpers/index.js';
-import { agentStatus, endpointOf, exitWithin, hubEndpoints, scope, waitOnline } from './helpers/e2e-checks.js';
+import { freePort, startAgent, startHub, waitFor } from './helpers/index.js';
+import { agentStatus, endpointOf, exitWithin, hubEndpoints, scope, sleep, waitOnline } from './helpers/e2e-checks.js';
 
 const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '3s'];
 
@@ -89,4 +90,45 @@ t.test('agent loss', async (t) => {
   t.pass(`SIGCONT: back online on its own after ${back} ms`);
   t.ok(frozen.daemon.running, 'same process');
   t.equal((await agentStatus(frozen)).hub.state, 'online', 'ztm-agent status says online');
+});
+
+t.test('keepalive is driven by the hub; a frozen hub is noticed by the agent', async (t) => {
+  const s = scope(t, 'ka');
+  const metricsPort = await freePort();
+  const hub = await startHub(s, { serveArgs: [...KEEPALIVE, '--metrics', `127.0.0.1:${metricsPort}`] });
+  const agent = await startAgent(s, hub, 'quiet', KEEPALIVE);
+  const pings = async () => {
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const n = (d: string) => Number(new RegExp(`^ztm_hub_keepalive_pings_total\\{direction="${d}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? Number.NaN);
+    return { sent: n('sent'), received: n('received') };
+  };
+  // Idle for several intervals: the hub PINGs each one; the agent, hearing
+  // them, PINGs only once (its round-trip measurement after connecting).
+  const before = await pings();
+  await sleep(5_500);
+  const after = await pings();
+  t.ok(after.sent - before.sent >= 3, `hub PINGed every interval (${after.sent - before.sent} in 5.5 s)`);
+  t.ok(after.received <= 2, `the agent PINGed ${after.received} time(s) in all, not every interval`);
+
+  // SIGSTOP the hub: its PINGs stop, the agent PINGs on its own, gets no
+  // answer, and drops the session within its keepalive timeout.
+  const pid = hub.daemon.child.pid as number;
+  process.kill(pid, 'SIGSTOP');
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGCONT');
+    } catch {}
+  });
+  const noticed = await waitFor(() => agent.daemon.logs().some((l) => l.msg === 'hub stopped answering pings'), {
+    timeoutMs: 3_000 + 3_000,
+    what: 'agent noticing the frozen hub',
+  }).then(
+    () => true,
+    () => false,
+  );
+  t.ok(noticed, 'agent log: hub stopped answering pings');
+  process.kill(pid, 'SIGCONT');
+  const back = await waitOnline(hub, 'quiet', true, 15_000);
+  t.pass(`SIGCONT: the agent is back online on its own after ${back} ms`);
+  t.equal((await agentStatus(agent)).hub.state, 'online', 'ztm-agent status says online');
 });

@@ -5,7 +5,7 @@
 // here, a one-time permit from the hub's admin socket, enrolment over
 // POST /v1/enrol with a CSR, then an mTLS HTTP/2 session (ALPN h2) with the
 // control stream open, `hello` sent and `welcome` received, keepalive PINGs
-// every KEEPALIVE_INTERVAL_MS (one sweep timer), and re-dial with full-jitter
+// as the agent sends them (one sweep timer), and re-dial with full-jitter
 // capped backoff when the session drops — the sequence of
 // packages/agent/src/session/hub-client.ts. Optionally the reverse session
 // (ALPN ztm-rev/1, this side the HTTP/2 server).
@@ -189,6 +189,7 @@ class Agent {
     this.timer = undefined;
     this.onlineAt = 0;
     this.lastAckAt = 0;
+    this.lastPingAt = 0;
     this.pingOutstanding = false;
     this.closed = false;
     this.connecting = false;
@@ -204,6 +205,9 @@ class Agent {
       await new Promise((resolvePromise, reject) => {
         const session = http2.connect(`https://${hubHost}:${hubPort}`, { createConnection: () => socket, ...http2SessionOptions });
         session.on('connect', () => session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
+        session.on('ping', () => {
+          this.lastAckAt = Date.now();
+        });
         const control = session.request({ ':method': 'POST', ':path': Paths.control, [Headers.version]: String(PROTOCOL_VERSION) }, { endStream: false });
         let settled = false;
         const settle = (err) => {
@@ -294,13 +298,18 @@ class Agent {
   }
 }
 
-/** One sweep timer for keepalive PINGs, as the agent sends them. */
+/** One sweep timer for keepalive PINGs, as the agent sends them: only when
+ * the hub has gone quiet, and now and then for the round trip (proto limits). */
+const PING_AFTER_SILENT = proto.AGENT_PING_AFTER_SILENT_INTERVALS ?? 1;
+const RTT_REFRESH_MS = proto.AGENT_RTT_REFRESH_MS ?? Number.POSITIVE_INFINITY;
 const sweep = setInterval(
   () => {
     const now = Date.now();
     for (const a of agents.values()) {
-      if (!a.online || a.pingOutstanding || now - a.lastAckAt < KEEPALIVE_INTERVAL_MS) continue;
+      if (!a.online || a.pingOutstanding) continue;
+      if (now - a.lastAckAt < PING_AFTER_SILENT * KEEPALIVE_INTERVAL_MS && now - a.lastPingAt < RTT_REFRESH_MS) continue;
       a.pingOutstanding = true;
+      a.lastPingAt = now;
       try {
         a.session.ping((err) => {
           a.pingOutstanding = false;

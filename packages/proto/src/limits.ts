@@ -54,9 +54,18 @@ export const http2SessionOptions = {
 
 /** Keepalive defaults: an agent that stops answering PINGs for
  * `KEEPALIVE_TIMEOUT_MS` is offline. kill -9 of an agent closes its socket and
- * is seen at once; the timeout covers silent network loss. */
+ * is seen at once; the timeout covers silent network loss.
+ *
+ * One side drives it: the hub PINGs every agent each interval (one sweep
+ * timer), and either side takes a PING from the other as proof of life. An
+ * agent PINGs only when the hub has been silent for
+ * `AGENT_PING_AFTER_SILENT_INTERVALS` intervals, and every `AGENT_RTT_REFRESH_MS`
+ * to keep its RTT figure fresh; both sides PINGing every interval doubled the
+ * hub's idle CPU at 10,000 agents (docs/performance.md). */
 export const KEEPALIVE_INTERVAL_MS = 5_000;
 export const KEEPALIVE_TIMEOUT_MS = 15_000;
+export const AGENT_PING_AFTER_SILENT_INTERVALS = 2;
+export const AGENT_RTT_REFRESH_MS = 60_000;
 
 /** A TLS client must finish its handshake in this time or be dropped. */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;

@@ -12,6 +12,8 @@ import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 import {
+  AGENT_PING_AFTER_SILENT_INTERVALS,
+  AGENT_RTT_REFRESH_MS,
   type AgentMessage,
   type FilesMessage,
   ALPN_REVERSE,
@@ -66,7 +68,9 @@ interface Connection {
   control: http2.ClientHttp2Stream;
   welcome?: Welcome;
   connectedAt: number;
+  /** Last sign of life from the hub: an answer to our PING or a PING of its own. */
   lastAckAt: number;
+  lastPingAt: number;
   pingOutstanding: boolean;
   rttMs: number | null;
   dead: boolean;
@@ -217,7 +221,20 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
           const session = http2.connect(`https://${hub}`, { createConnection: () => socket, ...http2SessionOptions });
           session.on('connect', () => session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
           const control = session.request({ ':method': 'POST', ':path': Paths.control, [Headers.version]: String(PROTOCOL_VERSION) }, { endStream: false });
-          const conn: Connection = { hub, session, control, connectedAt: Date.now(), lastAckAt: Date.now(), pingOutstanding: false, rttMs: null, dead: false };
+          const conn: Connection = {
+            hub,
+            session,
+            control,
+            connectedAt: Date.now(),
+            lastAckAt: Date.now(),
+            lastPingAt: 0,
+            pingOutstanding: false,
+            rttMs: null,
+            dead: false,
+          };
+          session.on('ping', () => {
+            conn.lastAckAt = Date.now();
+          });
           let settled = false;
           const settle = (err: ZtmError | null) => {
             if (settled) return;
@@ -332,8 +349,13 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       this.#onConnectionClosed(c, 'keepalive timeout');
       return;
     }
-    if (!c.pingOutstanding && now - c.lastAckAt >= (this.#o.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS)) {
+    // The hub PINGs us every interval (proto limits.ts): PING it ourselves only
+    // when it has gone quiet, and now and then to measure the round trip.
+    const hubInterval = Math.max(this.#o.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS, c.welcome?.keepaliveIntervalMs ?? 0);
+    const quiet = now - c.lastAckAt >= AGENT_PING_AFTER_SILENT_INTERVALS * hubInterval;
+    if (!c.pingOutstanding && (quiet || now - c.lastPingAt >= AGENT_RTT_REFRESH_MS)) {
       c.pingOutstanding = true;
+      c.lastPingAt = now;
       try {
         c.session.ping((err, duration) => {
           c.pingOutstanding = false;

@@ -79,6 +79,17 @@ export class HubMetrics {
       },
     });
     new Counter({
+      name: 'ztm_hub_keepalive_pings_total',
+      help: 'HTTP/2 PINGs on agent sessions: sent by the hub, received from agents (an idle agent sends one a minute)',
+      labelNames: ['direction'],
+      registers,
+      collect() {
+        this.reset();
+        this.inc({ direction: 'sent' }, sessions.pings.sent);
+        this.inc({ direction: 'received' }, sessions.pings.received);
+      },
+    });
+    new Counter({
       name: 'ztm_hub_streams_total',
       help: 'Relayed streams finished, by tunnel and how they ended (closed, reset)',
       labelNames: ['tunnel', 'reason'],

@@ -23,6 +23,8 @@ export class SessionManager {
   readonly #rr = new Map<string, number>();
   readonly #opts: SessionManagerOptions;
   readonly #timer: NodeJS.Timeout;
+  /** Keepalive PINGs on main sessions since start (metrics). */
+  readonly pings = { sent: 0, received: 0 };
 
   constructor(opts: SessionManagerOptions) {
     this.#opts = opts;
@@ -50,6 +52,11 @@ export class SessionManager {
     const old = this.#byEndpoint.get(session.endpoint);
     this.#byEndpoint.set(session.endpoint, session);
     session.lastAckAt = this.#now();
+    // A PING from the agent proves it alive as well as an answer to ours.
+    session.main.on('ping', () => {
+      session.lastAckAt = this.#now();
+      this.pings.received++;
+    });
     this.#opts.registry.touch(session.endpoint, this.#now(), session.address);
     session.once('close', () => {
       this.setOutbound(session, []);
@@ -137,6 +144,7 @@ export class SessionManager {
       if (!s.pingOutstanding && now - s.lastAckAt >= keepaliveIntervalMs) {
         s.pingOutstanding = true;
         const sentAt = now;
+        this.pings.sent++;
         try {
           s.main.ping((err) => {
             s.pingOutstanding = false;
