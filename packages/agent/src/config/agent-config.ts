@@ -11,8 +11,8 @@ export const AgentConfigSchema = z.strictObject({
   hubs: z.array(hostPortSchema).min(1).optional(),
   labels: z.record(z.string().max(63), z.string().max(255)).default({}),
   metrics: hostPortSchema.optional(),
-  keepaliveInterval: durationMs('5s'),
-  keepaliveTimeout: durationMs('15s'),
+  keepaliveInterval: durationMs('10s'),
+  keepaliveTimeout: durationMs('30s'),
   reconnectBase: durationMs('250ms'),
   reconnectMax: durationMs('30s'),
   /** Tunnel ends declared here are opened at start (run-time ones persist in tunnels.json). */

@@ -12,8 +12,8 @@ export const HubConfigSchema = z.strictObject({
   logLevel: logLevelSchema.default('info'),
   /** Opt-in Prometheus/health listener, host:port. */
   metrics: hostPortSchema.optional(),
-  keepaliveInterval: durationMs('5s'),
-  keepaliveTimeout: durationMs('15s'),
+  keepaliveInterval: durationMs('10s'),
+  keepaliveTimeout: durationMs('30s'),
   handshakeTimeout: durationMs('10s'),
   /** Lifetime of endpoint certificates; agents renew at two thirds of it. */
   certLifetime: durationMs('30d'),
