@@ -184,7 +184,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
       return;
     }
     if (who.kind === 'endpoint') {
-      const agent = new AgentSession(session, who.identity, address, log);
+      const agent = new AgentSession(session, who.identity, address, log, config.keepaliveTimeout);
       agent.once('close', (reason) => metrics.sessionsClosed.inc({ reason: reason.split(/[:(]/)[0]?.trim() || 'unknown' }));
       session.on('stream', (stream, headers) => {
         if (!versionOk(stream, headers)) return;

@@ -70,3 +70,34 @@ export async function sha256OfFile(path: string): Promise<string> {
   await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), h);
   return h.digest('hex');
 }
+
+/** Bytes of entries per catalogue frame: well under MAX_CONTROL_FRAME_BYTES
+ * (an entry is at most ≈ 600 bytes of JSON). */
+export const CATALOGUE_FRAME_BUDGET = 64 * 1024;
+
+/** Catalogue entries as `files` messages that each fit one control frame. With
+ * `full` (the whole catalogue) the first says `full: true` (replace your
+ * view), the rest are additions, and there is always one message, even for an
+ * empty catalogue. A catalogue keeps tombstones, so it grows with churn; one
+ * frame would stop at ≈ 1,000 entries. */
+export function catalogueMessages(
+  entries: readonly FileEntry[],
+  budget = CATALOGUE_FRAME_BUDGET,
+  full = true,
+): { type: 'files'; full: boolean; entries: FileEntry[] }[] {
+  const out: { type: 'files'; full: boolean; entries: FileEntry[] }[] = [];
+  let chunk: FileEntry[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    const n = JSON.stringify(e).length + 1;
+    if (chunk.length > 0 && bytes + n > budget) {
+      out.push({ type: 'files', full: full && out.length === 0, entries: chunk });
+      chunk = [];
+      bytes = 0;
+    }
+    chunk.push(e);
+    bytes += n;
+  }
+  if (chunk.length > 0 || (full && out.length === 0)) out.push({ type: 'files', full: full && out.length === 0, entries: chunk });
+  return out;
+}

@@ -4,12 +4,28 @@
  * changes to every online agent.
  */
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import { ErrorCodes, type FileEntry, FileHeaders, SHA256_HEX, ZtmError, readStreamJson, respondError, respondJson, validateFileName } from '@ztm/proto';
+import {
+  CATALOGUE_FRAME_BUDGET,
+  ErrorCodes,
+  type FileEntry,
+  FileHeaders,
+  SHA256_HEX,
+  ZtmError,
+  catalogueMessages,
+  readStreamJson,
+  respondError,
+  respondJson,
+  validateFileName,
+} from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { FileCatalogue } from '../registry/file-catalogue.js';
 import type { AgentSession } from '../session/agent-session.js';
 import type { SessionManager } from '../session/session-manager.js';
 import type { ContentStore } from './content-store.js';
+
+/** Changes held for one session while its first catalogue is being sent;
+ * past this the agent is not reading and is dropped (it re-syncs on return). */
+const MAX_HELD_CHANGES = 10_000;
 
 export interface FileServiceOptions {
   catalogue: FileCatalogue;
@@ -23,6 +39,8 @@ export interface FileServiceOptions {
 export class FileService {
   readonly #o: FileServiceOptions;
   #transfers = 0;
+  /** Sessions still receiving their first catalogue, with the changes held for them. */
+  readonly #syncing = new Map<AgentSession, FileEntry[]>();
 
   constructor(o: FileServiceOptions) {
     this.#o = o;
@@ -32,13 +50,29 @@ export class FileService {
     return this.#transfers;
   }
 
-  /** The whole catalogue for a session that just came online. */
-  sendCatalogue(session: AgentSession): void {
-    session.sendControl({ type: 'files', full: true, entries: this.#o.catalogue.all() });
+  /** The whole catalogue for a session that just came online, in frames at
+   * the agent's pace; changes made meanwhile are held and sent after it, so a
+   * newer entry is never overwritten by the older snapshot. */
+  async sendCatalogue(session: AgentSession): Promise<void> {
+    const held: FileEntry[] = [];
+    this.#syncing.set(session, held);
+    try {
+      for (const m of catalogueMessages(this.#o.catalogue.all())) if (!(await session.sendControlPaced(m))) return;
+      for (const m of catalogueMessages(held, CATALOGUE_FRAME_BUDGET, false)) session.sendControl(m);
+    } finally {
+      this.#syncing.delete(session);
+    }
   }
 
   #broadcast(entry: FileEntry): void {
-    for (const s of this.#o.sessions.all()) if (s.state === 'online') s.sendControl({ type: 'files', full: false, entries: [entry] });
+    for (const s of this.#o.sessions.all()) {
+      if (s.state !== 'online') continue;
+      const held = this.#syncing.get(s);
+      if (held && held.length >= MAX_HELD_CHANGES)
+        s.destroy(new ZtmError(ErrorCodes.TOO_MANY, 'control stream not read by agent (catalogue changes piling up)'));
+      else if (held) held.push(entry);
+      else s.sendControl({ type: 'files', full: false, entries: [entry] });
+    }
   }
 
   /** Routes under /v1/files and /v1/content; false if the path is not ours. */

@@ -43,8 +43,12 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   #reverse: ClientHttp2Session | undefined;
   #closeReason: string | undefined;
 
-  constructor(main: ServerHttp2Session, identity: PeerIdentity, address: string, log: Logger) {
+  /** How long a bulk send may wait for the agent to read (its keepalive timeout). */
+  readonly controlStallMs: number;
+
+  constructor(main: ServerHttp2Session, identity: PeerIdentity, address: string, log: Logger, controlStallMs = 30_000) {
     super();
+    this.controlStallMs = controlStallMs;
     this.main = main;
     this.identity = identity;
     this.address = address;
@@ -82,6 +86,37 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
       return;
     }
     c.write(encodeFrame(message));
+  }
+
+  /** Send a message of a bulk transfer (a whole catalogue): waits while the
+   * agent has half the backlog cap unread, so a large catalogue streams at the
+   * agent's pace instead of tripping the cap. false once the session is gone. */
+  async sendControlPaced(message: HubMessage): Promise<boolean> {
+    for (;;) {
+      const c = this.#control;
+      if (this.closed || !c || c.destroyed || c.writableEnded) return false;
+      if (c.writableLength <= MAX_CONTROL_BACKLOG_BYTES / 2) {
+        c.write(encodeFrame(message));
+        return true;
+      }
+      const drained = await new Promise<boolean>((resolve) => {
+        const done = (ok: boolean) => {
+          clearTimeout(timer);
+          c.off('drain', onDrain);
+          c.off('close', onClose);
+          resolve(ok);
+        };
+        const onDrain = () => done(true);
+        const onClose = () => done(false);
+        const timer = setTimeout(() => done(false), this.controlStallMs);
+        c.once('drain', onDrain);
+        c.once('close', onClose);
+      });
+      if (!drained && !this.closed) {
+        this.destroy(new ZtmError(ErrorCodes.TOO_MANY, `control stream not read by agent for ${this.controlStallMs} ms`));
+        return false;
+      }
+    }
   }
 
   attachReverse(reverse: ClientHttp2Session): void {

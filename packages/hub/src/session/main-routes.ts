@@ -138,5 +138,5 @@ function onHello(deps: MainRouteDeps, session: AgentSession, version: number, la
     certExpires: new Date(session.identity.certNotAfter).toISOString(),
   });
   session.log.info({ address: session.address }, 'endpoint online');
-  deps.files?.sendCatalogue(session);
+  void deps.files?.sendCatalogue(session);
 }
