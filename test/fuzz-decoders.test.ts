@@ -26,7 +26,8 @@ import { CertificateAuthority, createCa, parseHubConfig } from '@ztm/hub';
 import { parseAgentConfig } from '@ztm/agent';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 2000);
-const opts = { numRuns: RUNS };
+// FUZZ_SEED replays a run that failed (fast-check prints the seed and path).
+const opts = { numRuns: RUNS, ...(process.env.FUZZ_SEED ? { seed: Number(process.env.FUZZ_SEED) } : {}) };
 
 /** Run fn; it may return or throw a ZtmError / ConfigError, nothing else. */
 function typed(fn: () => unknown): boolean {
