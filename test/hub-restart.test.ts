@@ -2,12 +2,16 @@
  * Restarts and losses: the hub restarted (gracefully and by kill -9) keeps its
  * endpoints, certificates and revocations and the agents come back on their
  * own; an agent killed or frozen is seen offline within the keepalive timeout;
- * keepalive is one PING per interval, from the hub; a frozen hub is noticed.
+ * keepalive is one PING per interval, from the hub; a frozen hub is noticed;
+ * a reverse session that stops answering is dropped on its own.
  */
+import { once } from 'node:events';
+import * as tls from 'node:tls';
 import t from 'tap';
-import type { EndpointInfo } from '@ztm/proto';
-import { freePort, startAgent, startHub, waitFor } from './helpers/index.js';
-import { agentStatus, endpointOf, exitWithin, hubEndpoints, scope, sleep, waitOnline } from './helpers/e2e-checks.js';
+import { ALPN_REVERSE, type EndpointInfo, encodeFrame } from '@ztm/proto';
+import { freePort, joinAgent, startAgent, startHub, waitFor } from './helpers/index.js';
+import { agentCreds, agentStatus, endpointOf, exitWithin, hubEndpoints, scope, sleep, waitOnline } from './helpers/e2e-checks.js';
+import { h2Session, openControl } from './helpers/e2e-wire.js';
 
 const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '3s'];
 
@@ -131,4 +135,35 @@ t.test('keepalive is driven by the hub; a frozen hub is noticed by the agent', a
   const back = await waitOnline(hub, 'quiet', true, 15_000);
   t.pass(`SIGCONT: the agent is back online on its own after ${back} ms`);
   t.equal((await agentStatus(agent)).hub.state, 'online', 'ztm-agent status says online');
+});
+
+t.test('a reverse session that stops answering is dropped; the main session stays', async (t) => {
+  const s = scope(t, 'rv');
+  const hub = await startHub(s, { serveArgs: KEEPALIVE });
+  const creds = agentCreds(await joinAgent(s, hub, 'stuck'));
+  // The main session, by hand: control stream, hello, online.
+  const main = await h2Session(hub.address, creds);
+  t.teardown(() => main.destroy());
+  const control = openControl(main);
+  control.stream.write(encodeFrame({ type: 'hello', version: 1, agentVersion: 'test', labels: {} }));
+  await hub.daemon.waitLog((l) => l.msg === 'endpoint online' && l.endpoint === 'stuck', 5_000);
+  // A reverse session whose far end completes TLS and then says nothing at
+  // all, as a peer locked up in both directions would: no SETTINGS, no PING
+  // answers.
+  const [host, port] = hub.address.split(':') as [string, string];
+  const rev = tls.connect({ host, port: Number(port), ...creds, ALPNProtocols: [ALPN_REVERSE], minVersion: 'TLSv1.3' });
+  rev.on('error', () => {});
+  rev.resume(); // read and discard what the hub sends, answer nothing
+  t.teardown(() => rev.destroy());
+  await once(rev, 'secureConnect');
+  const dropped = await hub.daemon
+    .waitLog((l) => l.endpoint === 'stuck' && l.msg === 'reverse session stopped answering pings; dropping it', 3_000 + 4_000)
+    .then(
+      () => true,
+      () => false,
+    );
+  t.ok(dropped, 'hub log: the silent reverse session was dropped after the keepalive timeout');
+  await waitFor(() => rev.destroyed || rev.readableEnded, { timeoutMs: 5_000, what: 'the reverse socket to close' });
+  t.pass('the reverse connection was closed by the hub');
+  t.equal((await endpointOf(hub, 'stuck', true))?.online, true, 'the main session stays online');
 });

@@ -41,6 +41,8 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   rttMs: number | null = null;
   #control: ServerHttp2Stream | undefined;
   #reverse: ClientHttp2Session | undefined;
+  #reverseAckAt = 0;
+  #reversePinging = false;
   #closeReason: string | undefined;
 
   /** How long a bulk send may wait for the agent to read (its keepalive timeout). */
@@ -122,12 +124,43 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   attachReverse(reverse: ClientHttp2Session): void {
     const old = this.#reverse;
     this.#reverse = reverse;
+    this.#reverseAckAt = Date.now();
+    this.#reversePinging = false;
     if (old && !old.destroyed) old.close();
     reverse.on('close', () => {
       if (this.#reverse === reverse) this.#reverse = undefined;
     });
     reverse.on('error', (err) => this.log.debug({ err: err.message }, 'reverse session error'));
     this.emit('reverse');
+  }
+
+  /** Keepalive of the reverse session, by the main session's rules, from the
+   * same sweep. It matters more here: two Node HTTP/2 peers that both write
+   * more than the TCP buffers between them hold can lock up for good (node:http2
+   * stops reading its socket while one of its writes is pending), and nothing
+   * else would notice on a session the agent only serves. A reverse session
+   * that stops answering is destroyed: its streams reset, visibly, and the
+   * agent opens a new one. */
+  sweepReverse(now: number, intervalMs: number, timeoutMs: number, onPing: () => void): void {
+    const r = this.#reverse;
+    if (!r || r.destroyed) return;
+    if (now - this.#reverseAckAt > timeoutMs) {
+      this.log.warn({ timeoutMs }, 'reverse session stopped answering pings; dropping it');
+      r.destroy();
+      return;
+    }
+    if (this.#reversePinging || now - this.#reverseAckAt < intervalMs) return;
+    this.#reversePinging = true;
+    onPing();
+    try {
+      r.ping((err) => {
+        if (this.#reverse !== r) return;
+        this.#reversePinging = false;
+        if (!err) this.#reverseAckAt = Date.now();
+      });
+    } catch {
+      this.#reversePinging = false;
+    }
   }
 
   /** The reverse session, asking the agent for one if it holds none. */

@@ -23,8 +23,11 @@ export class SessionManager {
   readonly #rr = new Map<string, number>();
   readonly #opts: SessionManagerOptions;
   readonly #timer: NodeJS.Timeout;
-  /** Keepalive PINGs on main sessions since start (metrics). */
-  readonly pings = { sent: 0, received: 0 };
+  /** Keepalive PINGs since start (metrics): on main sessions, and sent on reverse sessions. */
+  readonly pings = { sent: 0, received: 0, reverse: 0 };
+  readonly #countReversePing = () => {
+    this.pings.reverse++;
+  };
 
   constructor(opts: SessionManagerOptions) {
     this.#opts = opts;
@@ -141,6 +144,7 @@ export class SessionManager {
         s.close('certificate expired');
         continue;
       }
+      s.sweepReverse(now, keepaliveIntervalMs, keepaliveTimeoutMs, this.#countReversePing);
       if (!s.pingOutstanding && now - s.lastAckAt >= keepaliveIntervalMs) {
         s.pingOutstanding = true;
         const sentAt = now;
