@@ -3,8 +3,15 @@
 // builds the helpers first; see docs/performance.md.
 //
 //   node scripts/bench/bench.mjs [--quick] [--json FILE] [--scenarios a,b,…]
-//        [--repeats N] [--levels 1000,5000] [--no-hub] [--only-hub] [--keep]
-//        [--baseline REF]
+//        [--repeats N] [--levels 1000,5000] [--no-hub] [--no-files] [--no-k8s]
+//        [--only-hub] [--only-files] [--only-k8s] [--keep] [--baseline REF]
+//        [--files-mib N] [--files-repeats N] [--k8s-n N]
+//
+// After the paths and the hub scale: file sync (256 MiB published to 3
+// agents beside scp, lib/filesync.mjs; 64 MiB with --quick) and Kubernetes
+// (ServiceExport in one cluster → ServiceImport in another, and back, on two
+// API servers from scripts/k8s/up, lib/k8s.mjs; not in --quick). --only-X
+// runs only the parts named (several may be given).
 //
 // --baseline REF builds the product at git REF (once, cached) and runs it as
 // scenario `base` beside `ztm`: the before/after table of a change, one run.
@@ -14,11 +21,12 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
-import { join } from 'node:path';
 import { baselineRoot } from './lib/baseline.mjs';
+import { fileSync } from './lib/filesync.mjs';
 import { hubScale } from './lib/hubscale.mjs';
-import { AGENT_BIN, ROOT, direct, frp, ssh, startTargets, stunnel, ztm } from './lib/paths.mjs';
-import { cleanupAll, loadAverage, runCmd, runDir, stop } from './lib/procs.mjs';
+import { k8sExportImport } from './lib/k8s.mjs';
+import { MALLOC, ROOT, direct, frp, ssh, startTargets, stunnel, ztm } from './lib/paths.mjs';
+import { cleanupAll, loadAverage, runDir, stop } from './lib/procs.mjs';
 import { connRate, iperf, latency, pushMemory } from './lib/workloads.mjs';
 
 // ---- arguments ----
@@ -32,7 +40,7 @@ if (flag('--help') || flag('-h')) {
   console.log(
     readFileSync(new URL(import.meta.url), 'utf8')
       .split('\n')
-      .slice(0, 9)
+      .slice(0, 17)
       .join('\n')
       .replace(/^\/\/ ?/gm, ''),
   );
@@ -48,8 +56,13 @@ const repeats = Number(opt('--repeats', quick ? 1 : 3));
 const levels = opt('--levels', quick ? '1000' : '1000,5000,10000')
   .split(',')
   .map(Number);
-const doHub = !flag('--no-hub');
-const onlyHub = flag('--only-hub');
+// --only-hub, --only-files, --only-k8s: those parts and nothing else.
+const onlyParts = ['hub', 'files', 'k8s'].filter((p) => flag(`--only-${p}`));
+const onlyHub = onlyParts.includes('hub');
+const doPaths = onlyParts.length === 0;
+const doHub = !flag('--no-hub') && (doPaths || onlyHub);
+const doFiles = !flag('--no-files') && (doPaths || onlyParts.includes('files'));
+const doK8s = !flag('--no-k8s') && (doPaths || onlyParts.includes('k8s'));
 const cfg = quick
   ? { iperfSeconds: 2, connSeconds: 1.5, latCount: 2000, pushSeconds: 3, idleSeconds: 3, reverseCount: 0, cleanBase: false, idleIperf: false, reconnect: false }
   : { iperfSeconds: 3, connSeconds: 1.5, latCount: 2000, pushSeconds: 5, idleSeconds: 10, reverseCount: 1000, cleanBase: true, reconnectTimeoutSec: 90 };
@@ -100,7 +113,9 @@ function rotate(list, k) {
 
 async function main() {
   runDir();
-  log(`ztm bench${quick ? ' (quick)' : ''}: ${wanted.join(', ')}; ${repeats} repeat(s); hub levels ${doHub ? levels.join('/') : 'none'}`);
+  log(
+    `ztm bench${quick ? ' (quick)' : ''}: ${doPaths ? `${wanted.join(', ')}; ${repeats} repeat(s)` : 'no paths'}; hub levels ${doHub ? levels.join('/') : 'none'}; files ${doFiles ? 'yes' : 'no'}; k8s ${doK8s ? 'yes' : 'no'}`,
+  );
   const machine = {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model,
@@ -109,6 +124,7 @@ async function main() {
     kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),
     loadAvgStart: loadAverage(),
     date: new Date().toISOString(),
+    allocator: MALLOC.name,
     commit: (() => {
       try {
         return execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']).toString().trim();
@@ -123,7 +139,7 @@ async function main() {
 
   // ---- bring up every path ----
   const paths = [];
-  if (!onlyHub) {
+  if (doPaths) {
     for (const name of wanted) {
       if (name === 'stunnel1') continue; // comes with stunnel
       try {
@@ -245,7 +261,7 @@ async function main() {
 
   // ---- hub scale ----
   if (exiting) return;
-  if (doHub && (wanted.includes('ztm') || onlyHub)) {
+  if (doHub && (onlyHub || wanted.includes('ztm'))) {
     try {
       log(`hub scale: ${levels.join(' / ')} idle agents`);
       results.hub = await hubScale({ mesh: ztmPath, targets, levels, log, ...cfg });
@@ -257,9 +273,9 @@ async function main() {
 
   if (ztmPath) await ztmPath.stop();
 
-  // ---- hooks for features being built now ----
-  results.fileSync = await fileSyncHook();
-  results.k8s = await k8sHook();
+  // ---- file sync and Kubernetes ----
+  if (!exiting) results.fileSync = await fileSyncHook();
+  if (!exiting) results.k8s = await k8sHook();
 
   if (exiting) return;
   await Promise.all(targets.procs.map((h) => stop(h)));
@@ -273,30 +289,41 @@ async function main() {
   }
 }
 
-/** Hook — file sync (issue 8): time for a 256 MiB published file to reach 3
- * agents, beside `scp` of the same file to one host. The files feature was
- * being built while this suite was written; until this hook is filled in it
- * reports "feature not available", never a made-up figure. To fill in: a hub,
- * a publisher and 3 agents (paths.mjs ztm() shows the CLI sequence), `ztm-agent
- * publish file` of 256 MiB from /dev/urandom, poll `ztm-agent files --json`
- * on the three until verified; `scp` through the ssh scenario's sshd. */
+/** File sync (issue 8): a 256 MiB file (64 MiB with --quick) published to 3
+ * agents, until all three have it verified, beside `scp` of the same file to
+ * one host (lib/filesync.mjs). Repeated with a new file each time (3 × in the
+ * full run), medians. */
 async function fileSyncHook() {
-  const help = await runCmd(process.execPath, [AGENT_BIN, '--help']).catch(() => '');
-  const has = /\bpublish\b/.test(help);
-  return {
-    skipped: `feature not available (${has ? 'ztm-agent publish is arriving; the benchmark is a hook to fill in' : 'ztm-agent has no publish command'})`,
-  };
+  if (!doFiles) return { skipped: flag('--no-files') ? '--no-files' : 'not asked for (--only-…)' };
+  const mib = Number(opt('--files-mib', quick ? 64 : 256));
+  const n = Number(opt('--files-repeats', quick ? 1 : 3));
+  log(`file sync: ${mib} MiB to 3 agents, ${n} time(s), beside scp`);
+  try {
+    return await fileSync({ mib, repeats: n, timeoutSec: quick ? 60 : 180, log });
+  } catch (err) {
+    if (exiting) return { error: 'interrupted' };
+    log(`file sync failed: ${err.stack ?? err.message}`);
+    return { error: err.message.slice(0, 300) };
+  }
 }
 
-/** Hook — Kubernetes (issue 8): time from a ServiceExport created in one
- * cluster to the ServiceImport present in another. Being built while this
- * suite was written; reports "feature not available" until filled in: two
- * API servers from scripts/k8s/up, an agent in each, create the
- * ServiceExport, poll the other cluster for the ServiceImport. */
+/** Kubernetes (issue 8): ServiceExport created in cluster east → ServiceImport
+ * present in west, and ServiceExport deleted → ServiceImport gone, on two API
+ * servers from scripts/k8s/up (lib/k8s.mjs). Not in --quick (about 35 s:
+ * control planes, agents, the exports) unless --only-k8s asks for it. */
 async function k8sHook() {
-  const help = await runCmd(process.execPath, [AGENT_BIN, 'run', '--help']).catch(() => '');
-  const has = existsSync(join(ROOT, 'scripts/k8s/up')) && /kube/i.test(help);
-  return { skipped: `feature not available (${has ? 'Kubernetes mode is arriving; the benchmark is a hook to fill in' : 'the agent has no Kubernetes mode'})` };
+  if (!doK8s) return { skipped: flag('--no-k8s') ? '--no-k8s' : 'not asked for (--only-…)' };
+  if (quick && !onlyParts.includes('k8s'))
+    return { skipped: 'not in --quick (it adds about 35 s: two control planes, two agents, the exports; run --only-k8s)' };
+  const n = Number(opt('--k8s-n', 5));
+  log(`kubernetes: ${n} exports east → west`);
+  try {
+    return await k8sExportImport({ n, log });
+  } catch (err) {
+    if (exiting) return { error: 'interrupted' };
+    log(`kubernetes failed: ${err.stack ?? err.message}`);
+    return { error: err.message.slice(0, 300) };
+  }
 }
 
 function printTable(res) {
@@ -327,19 +354,46 @@ function printTable(res) {
   }
   const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const line = (r) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
-  console.log('');
-  console.log(line(rows[0]));
-  for (const r of rows.slice(1)) console.log(line(r));
+  if (rows.length > 1) {
+    console.log('');
+    console.log(line(rows[0]));
+    for (const r of rows.slice(1)) console.log(line(r));
+  }
   for (const n of notes) console.log(n);
   if (res.hub) {
     console.log('\nhub scale:');
     for (const [k, v] of Object.entries(res.hub)) console.log(`  ${k.padEnd(28)} ${v}`);
   }
-  for (const k of ['fileSync', 'k8s']) if (res[k]?.skipped) console.log(`${k}: skipped (${res[k].skipped})`);
+  printFileSync(res.fileSync);
+  printK8s(res.k8s);
   const m = res.meta;
   console.log(
-    `\n${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB, Node ${m.node}, kernel ${m.kernel}; load average ${m.loadAvgStart.join(' ')} at start, ${m.loadAvgEnd.join(' ')} at end; ${m.seconds} s`,
+    `\n${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB, Node ${m.node}, kernel ${m.kernel}, ztm allocator ${m.allocator}; load average ${m.loadAvgStart.join(' ')} at start, ${m.loadAvgEnd.join(' ')} at end; ${m.seconds} s`,
   );
+}
+
+function printFileSync(f) {
+  if (!f) return;
+  if (f.skipped || f.error) return console.log(`\nfile sync: ${f.skipped ? `skipped (${f.skipped})` : `failed (${f.error})`}`);
+  const s = (x) => (x == null ? '-' : `${x} s`);
+  console.log(`\nfile sync (${f.mib} MiB, hub → 3 agents, SHA-256 verified on disk; median of ${f.repeats}):`);
+  console.log(`  publish (CLI returns)        ${s(f.publishSec)}   (hub lists it after ${s(f.hubListedSec)})`);
+  console.log(
+    `  on all 3 agents              ${s(f.allThreeSec)}   (per agent ${f.perAgentSec.map((x) => x ?? '-').join(' / ')}; ${f.deliveredMiBps ?? '-'} MiB/s delivered in all)`,
+  );
+  console.log(
+    `  scp to one host              ${f.scpSkipped ? `skipped (${f.scpSkipped})` : `${s(f.scpSec)}   (${f.scpMiBps ?? '-'} MiB/s); all 3 agents / scp = ${f.ratioToScp ?? '-'}`}`,
+  );
+}
+
+function printK8s(k) {
+  if (!k) return;
+  if (k.skipped || k.error) return console.log(`\nkubernetes: ${k.skipped ? `skipped (${k.skipped})` : `failed (${k.error})`}`);
+  console.log(`\nkubernetes (ServiceExport in east → ServiceImport in west; ${k.n} services):`);
+  console.log(`  export → import present      median ${k.exportToImportSecMedian} s, max ${k.exportToImportSecMax} s`);
+  if (k.exportToIpsSecMedian != null) console.log(`  export → import with an IP   median ${k.exportToIpsSecMedian} s, max ${k.exportToIpsSecMax} s`);
+  console.log(`  unexport → import gone       median ${k.withdrawSecMedian} s, max ${k.withdrawSecMax} s`);
+  if (k.clustersUpSec != null) console.log(`  (control planes up in ${k.clustersUpSec} s)`);
 }
 
 main().then(

@@ -4,6 +4,7 @@
 //
 // A path is { name, ports: { iperf, echo, sink }, roles: { entry?, relay?, exit? }
 // (pids whose process trees are sampled), notes, stop() }.
+import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,18 +85,53 @@ export async function direct(targets) {
 // ---- ztm ----
 const node = process.execPath;
 
+/** The allocator the product ships with (the systemd units and the image
+ * preload jemalloc): the same here when ld.so finds it; ZTM_BENCH_MALLOC=system
+ * measures glibc malloc instead. */
+export const MALLOC = (() => {
+  if (process.env.ZTM_BENCH_MALLOC === 'system') return { name: 'glibc (ZTM_BENCH_MALLOC=system)', env: {} };
+  try {
+    if (/libjemalloc\.so\.2 /.test(execFileSync('ldconfig', ['-p']).toString()))
+      return { name: 'jemalloc (LD_PRELOAD, as deployed)', env: { LD_PRELOAD: 'libjemalloc.so.2' } };
+  } catch {}
+  return { name: 'glibc (libjemalloc2 not installed)', env: {} };
+})();
+
+/** A hub through the real CLI, as an operator makes one: `init` on a free
+ * loopback port, a permit per name in `names` (files `base/<name>.permit.json`,
+ * made on the data directory before the hub serves), the per-address
+ * enrolment rate limit lifted where this hub has one (the load generator
+ * enrols thousands of endpoints from 127.0.0.1). `serve()` starts it (the
+ * caller waits for "hub listening"); it may be called again to restart it. */
+export async function initHub({ tag, base, names, mesh = 'bench', nodeArgs = [], serveArgs = [], root = ROOT, env = MALLOC.env }) {
+  const HUB_BIN = join(root, 'packages/hub/bin/ztm-hub.js');
+  const hubPort = await freePort();
+  const hubAddr = `127.0.0.1:${hubPort}`;
+  const hubDir = join(base, 'hub');
+  const permits = {};
+  await runCmd(node, [HUB_BIN, 'init', '--data', hubDir, '--names', hubAddr, '--mesh', mesh]);
+  for (const name of names) {
+    permits[name] = join(base, `${name}.permit.json`);
+    await runCmd(node, [HUB_BIN, 'permit', 'create', name, '--data', hubDir, '--out', permits[name]]);
+  }
+  const hubConfig = join(base, 'hub.yaml');
+  writeFileSync(hubConfig, 'enrolPerMinute: 100000000\n');
+  const configArgs = await runCmd(node, [HUB_BIN, 'config', 'check', '--config', hubConfig]).then(
+    () => ['--config', hubConfig],
+    () => [],
+  );
+  const serve = () => start(`${tag}-hub`, node, [...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs, ...serveArgs], { env });
+  return { hubAddr, hubDir, permits, serve };
+}
+
 /** A hub, entry agent A and exit agent B through the real CLIs, tunnels
  * tcp/bench-iperf, tcp/bench-echo, tcp/bench-sink. `nodeArgs` go before the
  * bin (profiling). */
-export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root = ROOT } = {}) {
-  const HUB_BIN = join(root, 'packages/hub/bin/ztm-hub.js');
+export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root = ROOT, env = MALLOC.env } = {}) {
   const AGENT_BIN = join(root, 'packages/agent/bin/ztm-agent.js');
   const base = join(runDir(), tag);
   mkdirSync(base, { recursive: true });
   const ip = iperfPort ? null : await iperfServer(tag);
-  const hubPort = await freePort();
-  const hubAddr = `127.0.0.1:${hubPort}`;
-  const hubDir = join(base, 'hub');
   const targetPorts = { iperf: iperfPort ?? ip.port, echo: targets.echo, sink: targets.sink };
   const ports = {};
   for (const t of TARGETS) ports[t] = await freePort();
@@ -103,17 +139,7 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
   // Through the CLIs, as an operator would, with what can run at once in
   // parallel: permits are made on the data directory before the hub serves,
   // tunnels are saved before the agents run (they open at start).
-  await runCmd(node, [HUB_BIN, 'init', '--data', hubDir, '--names', hubAddr, '--mesh', 'bench']);
-  for (const name of ['a', 'b']) await runCmd(node, [HUB_BIN, 'permit', 'create', name, '--data', hubDir, '--out', join(base, `${name}.permit.json`)]);
-  // The load generator enrols thousands of endpoints from 127.0.0.1: lift the
-  // per-address enrolment rate limit, where this hub has one.
-  const hubConfig = join(base, 'hub.yaml');
-  writeFileSync(hubConfig, 'enrolPerMinute: 100000000\n');
-  const configArgs = await runCmd(node, [HUB_BIN, 'config', 'check', '--config', hubConfig]).then(
-    () => ['--config', hubConfig],
-    () => [],
-  );
-  const serve = () => start(`${tag}-hub`, node, [...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs]);
+  const { hubAddr, hubDir, serve } = await initHub({ tag, base, names: ['a', 'b'], nodeArgs, root, env });
   let hub = serve();
   await waitLog(hub, /"hub listening"/);
   const agentCli = (args) => runCmd(node, [AGENT_BIN, ...args]);
@@ -128,7 +154,7 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
       for (const t of TARGETS) await agentCli(['tunnel', 'open', 'inbound', `tcp/bench-${t}`, '--listen', `127.0.0.1:${ports[t]}`, '--data', agents.a.dir]);
     })(),
   ]);
-  for (const name of ['b', 'a']) agents[name].h = start(`${tag}-agent-${name}`, node, [...nodeArgs, AGENT_BIN, 'run', '--data', agents[name].dir]);
+  for (const name of ['b', 'a']) agents[name].h = start(`${tag}-agent-${name}`, node, [...nodeArgs, AGENT_BIN, 'run', '--data', agents[name].dir], { env });
   await waitLog(agents.a.h, /"msg":"online"/);
   await waitLog(agents.b.h, /"msg":"online"/);
   await probeEcho(ports.echo);
@@ -162,21 +188,24 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
 }
 
 // ---- ssh -L ----
-export async function ssh(targets) {
-  const dir = join(runDir(), 'ssh');
+
+/** An OpenSSH server on a free loopback port, key-only, for this user: its
+ * own host key and a client key in runDir()/<tag>, aes128-gcm only.
+ * `extraConfig` lines are added to its sshd_config. */
+export async function startSshd(tag, { extraConfig = [] } = {}) {
+  const dir = join(runDir(), tag);
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o700);
-  const ip = await iperfServer('ssh');
   const user = process.env.USER || (await runCmd('id', ['-un'])).trim();
   if (process.getuid?.() === 0) mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
   for (const k of ['host', 'client']) await runCmd('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, k)]);
   await runCmd('cp', [join(dir, 'client.pub'), join(dir, 'authorized_keys')]);
   chmodSync(join(dir, 'authorized_keys'), 0o600);
-  const sport = await freePort();
+  const port = await freePort();
   writeFileSync(
     join(dir, 'sshd_config'),
     [
-      `Port ${sport}`,
+      `Port ${port}`,
       'ListenAddress 127.0.0.1',
       `HostKey ${join(dir, 'host')}`,
       `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
@@ -194,11 +223,18 @@ export async function ssh(targets) {
       'MaxStartups 100:30:200',
       'LogLevel ERROR',
       `PidFile ${join(dir, 'sshd.pid')}`,
+      ...extraConfig,
       '',
     ].join('\n'),
   );
   const sshd = start('sshd', '/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')]);
-  await waitPort(sport, 10_000, 'sshd');
+  await waitPort(port, 10_000, 'sshd');
+  return { dir, port, user, sshd, key: join(dir, 'client'), knownHosts: join(dir, 'known_hosts') };
+}
+
+export async function ssh(targets) {
+  const ip = await iperfServer('ssh');
+  const { port: sport, user, sshd, key, knownHosts } = await startSshd('ssh');
   const ports = {};
   const forwards = [];
   const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
@@ -213,11 +249,11 @@ export async function ssh(targets) {
     '-p',
     String(sport),
     '-i',
-    join(dir, 'client'),
+    key,
     '-o',
     'StrictHostKeyChecking=no',
     '-o',
-    `UserKnownHostsFile=${join(dir, 'known_hosts')}`,
+    `UserKnownHostsFile=${knownHosts}`,
     '-o',
     'BatchMode=yes',
     '-o',

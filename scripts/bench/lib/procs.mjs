@@ -44,6 +44,14 @@ export function onCleanup(fn) {
   cleanups.push(fn);
 }
 
+/** Record the pid of a process group leader started outside start() (by a
+ * script, with setsid) so that scripts/bench/run can kill its group if the
+ * benchmark dies before its own cleanup runs. */
+export function recordPid(pid) {
+  runDir();
+  appendFileSync(pidFile, `${pid}\n`);
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A free loopback port (closed again before it is returned). */
