@@ -67,8 +67,12 @@ export function tuneDataStream(s: Duplex): void {
   if (st._writableState && st._writableState.highWaterMark < DATA_HIGH_WATER_MARK_BYTES) st._writableState.highWaterMark = DATA_HIGH_WATER_MARK_BYTES;
 }
 
-/** Copy `src` into `dst` with backpressure; `src`'s end ends `dst` (half-close). */
-function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => void): void {
+/** Copy `src` into `dst` with backpressure; `src`'s end ends `dst` (half-close).
+ * An 'end' from a stream already destroyed is not an end: node:http2 ends the
+ * readable side of every stream of a session it destroys (no error, rstCode
+ * 0), and passing that on as a FIN would tell the client its data was
+ * complete. `abort` is called instead. */
+function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => void, abort: () => void): void {
   let corked = false;
   const uncork = () => {
     corked = false;
@@ -87,6 +91,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   dst.on('drain', onDrain);
   src.once('end', () => {
     dst.off('drain', onDrain);
+    if (src.destroyed) return abort();
     if (!dst.writableEnded && !dst.destroyed) dst.end();
   });
 }
@@ -137,14 +142,28 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
   const batch = opts.batchWrites ?? false;
   tuneDataStream(a.stream);
   tuneDataStream(b.stream);
+  // The pumps' 'end' listeners go first: one that sees a destroyed stream must
+  // decide (reset) before the done-check runs.
+  pump(
+    a.stream,
+    b.stream,
+    batch,
+    (n) => {
+      aToB += n;
+      m.bytesIn += n;
+    },
+    () => finish('reset', 'a: destroyed before its end'),
+  );
+  pump(
+    b.stream,
+    a.stream,
+    batch,
+    (n) => {
+      bToA += n;
+      m.bytesOut += n;
+    },
+    () => finish('reset', 'b: destroyed before its end'),
+  );
   watch(a, 'a');
   watch(b, 'b');
-  pump(a.stream, b.stream, batch, (n) => {
-    aToB += n;
-    m.bytesIn += n;
-  });
-  pump(b.stream, a.stream, batch, (n) => {
-    bToA += n;
-    m.bytesOut += n;
-  });
 }

@@ -117,3 +117,43 @@ t.test('HTTP/2 streams get the data high-water marks', async (t) => {
   session.close();
   server.close();
 });
+
+t.test('an HTTP/2 session destroyed mid-stream resets the TCP side, never a clean end', async (t) => {
+  // A stream of a session destroyed without an error emits 'end' (node:http2
+  // pushes EOF on destroy): that must not reach the client as a FIN.
+  for (const halfClosed of [false, true]) {
+    const server = http2.createServer();
+    server.on('stream', (s) => {
+      s.respond({ ':status': 200 });
+      s.on('data', () => {});
+      const timer = setInterval(() => s.write(Buffer.alloc(1000)), 2);
+      s.on('close', () => clearInterval(timer));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+    const req = session.request({ ':method': 'POST', ':path': '/' });
+    const [client, a] = await socketPair();
+    const done = new Promise<SpliceResult>((resolve) =>
+      splice({ stream: a, reset: () => a.resetAndDestroy() }, { stream: req, reset: () => req.close(http2.constants.NGHTTP2_CANCEL) }, resolve, {
+        batchWrites: true,
+      }),
+    );
+    const seen = new Promise<string>((resolve) => {
+      let ended = false;
+      client.on('end', () => {
+        ended = true;
+      });
+      client.on('error', (e: NodeJS.ErrnoException) => resolve(`error ${e.code}`));
+      client.on('close', () => resolve(ended ? 'clean end' : 'closed'));
+    });
+    client.resume();
+    if (halfClosed) client.end();
+    else client.write('x');
+    await new Promise((r) => req.once('response', r));
+    await new Promise((r) => setTimeout(r, 30));
+    session.destroy();
+    t.equal((await done).end, 'reset', `${halfClosed ? 'half-closed' : 'open'}: the splice ended in a reset`);
+    t.match(await seen, /error ECONNRESET|closed/, `${halfClosed ? 'half-closed' : 'open'}: the client saw a reset, not a clean end`);
+    server.close();
+  }
+});
