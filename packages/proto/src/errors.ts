@@ -50,6 +50,8 @@ export const ErrorCodes = {
   /** A listener could not be opened (port in use, no permission). */
   LISTEN_FAILED: 'ZTM_ERR_LISTEN_FAILED',
   CLOSED: 'ZTM_ERR_CLOSED',
+  /** The hub's disk refused a write (read-only, full, not permitted); nothing was recorded. */
+  STORAGE: 'ZTM_ERR_STORAGE',
   INTERNAL: 'ZTM_ERR_INTERNAL',
 } as const;
 
@@ -87,6 +89,7 @@ export const errorHttpStatus: Record<ErrorCode, number> = {
   ZTM_ERR_TARGET_UNREACHABLE: 502,
   ZTM_ERR_LISTEN_FAILED: 409,
   ZTM_ERR_CLOSED: 503,
+  ZTM_ERR_STORAGE: 507,
   ZTM_ERR_INTERNAL: 500,
 };
 

@@ -97,6 +97,7 @@ export function buildProgram(): Command {
       });
       const d = loadHubData(dataDir(o));
       const logger = createLogger(config.logLevel);
+      d.registry.onWriteError = (err) => logger.error({ code: err.code, reason: err.message, ...err.details }, 'registry write refused by the disk');
       const hub = createHub(config, {
         ca: d.ca,
         serverCert: d.serverCert,

@@ -4,11 +4,12 @@
  * an interrupted upload resumes at the byte it reached. Nothing is held in
  * memory beyond stream buffers.
  */
-import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ErrorCodes, SHA256_HEX, ZtmError, sha256OfFile } from '@ztm/proto';
+import { freeBytes, isStorageErrno, storageProblem } from '../registry/storage.js';
 
 export class ContentStore {
   readonly #dir: string;
@@ -44,8 +45,21 @@ export class ContentStore {
     return existsSync(p) ? statSync(p).size : 0;
   }
 
+  /** A write the disk refused, as an error that says why. The partial upload
+   * is dropped: on a full disk it is what fills it. */
+  #refused(p: string, err: unknown): ZtmError {
+    try {
+      rmSync(p, { force: true });
+    } catch {}
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = storageProblem([p, this.#partial, this.#dir], code);
+    const what = code === 'ENOSPC' || code === 'EDQUOT' ? 'is full' : 'is not writable';
+    return new ZtmError(ErrorCodes.STORAGE, `the hub's file store ${what}: ${why}; upload discarded`, { cause: err });
+  }
+
   /** Append `body` at `offset` to the partial upload; when it reaches `size`,
-   * verify the SHA-256 of the whole and move it into the store. */
+   * verify the SHA-256 of the whole and move it into the store. The body is
+   * never destroyed here, so the caller can still answer with an error. */
   async append(sha256: string, offset: number, size: number, body: Readable, maxBytes: number): Promise<{ complete: boolean; received: number }> {
     this.#check(sha256);
     if (this.has(sha256)) {
@@ -55,24 +69,42 @@ export class ContentStore {
     if (size > maxBytes) throw new ZtmError(ErrorCodes.FRAME_TOO_LARGE, `file of ${size} bytes exceeds the hub's limit of ${maxBytes}`);
     const have = this.received(sha256);
     if (offset !== have) throw new ZtmError(ErrorCodes.BAD_REQUEST, `upload must continue at byte ${have}, not ${offset}`, { details: { received: have } });
+    const free = freeBytes(this.#partial);
+    if (size - have > free) {
+      throw new ZtmError(ErrorCodes.STORAGE, `not enough space on the hub: the upload needs ${size - have} more bytes, its file store has ${free} bytes free`);
+    }
     const p = join(this.#partial, sha256);
     let written = have;
-    const guard = new (await import('node:stream')).Transform({
+    const guard = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         written += chunk.length;
         if (written > size) cb(new ZtmError(ErrorCodes.BAD_REQUEST, `upload is longer than its declared ${size} bytes`));
         else cb(null, chunk);
       },
     });
+    // pipeline() destroys every stream on an error: keep the body (the HTTP/2
+    // stream) out of it, or no answer could be sent. A body that aborts
+    // (stream reset) ends the copy as an error.
+    const copy = new PassThrough();
+    const aborted = () => {
+      if (!body.readableEnded) copy.destroy(new Error('upload aborted by the sender'));
+    };
+    body.once('close', aborted);
+    body.pipe(copy);
+    if (body.destroyed) aborted();
     try {
-      await pipeline(body, guard, createWriteStream(p, { flags: 'a', mode: 0o600 }));
+      await pipeline(copy, guard, createWriteStream(p, { flags: 'a', mode: 0o600 }));
     } catch (err) {
-      // What arrived is kept: the next attempt resumes from it.
       if (err instanceof ZtmError) {
-        unlinkSync(p);
+        rmSync(p, { force: true });
         throw err;
       }
+      if (isStorageErrno(err)) throw this.#refused(p, err);
+      // What arrived is kept: the next attempt resumes from it.
       return { complete: false, received: this.received(sha256) };
+    } finally {
+      body.off('close', aborted);
+      body.unpipe(copy);
     }
     if (written < size) return { complete: false, received: written };
     const actual = await sha256OfFile(p);
@@ -80,7 +112,12 @@ export class ContentStore {
       unlinkSync(p);
       throw new ZtmError(ErrorCodes.BAD_REQUEST, `uploaded bytes hash to ${actual}, not ${sha256}; upload discarded`);
     }
-    renameSync(p, this.path(sha256));
+    try {
+      renameSync(p, this.path(sha256));
+    } catch (err) {
+      if (isStorageErrno(err)) throw this.#refused(p, err);
+      throw err;
+    }
     return { complete: true, received: size };
   }
 

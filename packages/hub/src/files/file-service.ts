@@ -3,7 +3,7 @@
  * certificate identity, bounded concurrent transfers, and pushing catalogue
  * changes to every online agent.
  */
-import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import { type IncomingHttpHeaders, type ServerHttp2Stream, constants as h2 } from 'node:http2';
 import {
   CATALOGUE_FRAME_BUDGET,
   ErrorCodes,
@@ -15,6 +15,7 @@ import {
   readStreamJson,
   respondError,
   respondJson,
+  toZtmError,
   validateFileName,
 } from '@ztm/proto';
 import type { Logger } from '../log.js';
@@ -182,7 +183,12 @@ export class FileService {
         if (r.complete) this.#o.log.debug({ sha256: sha, size, endpoint: session.endpoint }, 'content stored');
         respondJson(stream, 200, r);
       },
-      (err) => respondError(stream, err),
+      (err) => {
+        const e = toZtmError(err);
+        if (e.code === ErrorCodes.STORAGE)
+          this.#o.log.error({ sha256: sha, size, endpoint: session.endpoint, reason: e.message }, 'upload refused by the disk');
+        refuseUpload(stream, e, Math.min(size - offset, this.#o.maxFileBytes));
+      },
     );
   }
 
@@ -205,4 +211,22 @@ export class FileService {
     src.pipe(stream);
     stream.once('close', () => src.destroy());
   }
+}
+
+/** Answer a refused upload once the rest of its body has arrived (discarded;
+ * at most `expected` more bytes, no more than an upload may send anyway): a
+ * sender still writing when the answer comes first sees a reset instead of
+ * the reason (and ztm-agent's publish does not survive an early answer). */
+function refuseUpload(stream: ServerHttp2Stream, err: ZtmError, expected: number): void {
+  if (stream.readableEnded || stream.destroyed) {
+    respondError(stream, err);
+    return;
+  }
+  let left = expected + 64 * 1024;
+  stream.on('data', (c: Buffer) => {
+    left -= c.length;
+    if (left < 0) stream.close(h2.NGHTTP2_CANCEL);
+  });
+  stream.once('end', () => respondError(stream, err));
+  stream.resume();
 }

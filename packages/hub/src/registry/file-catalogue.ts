@@ -25,9 +25,11 @@ const toEntry = (r: FileRow): FileEntry => ({
 });
 
 export class FileCatalogue {
+  readonly #registry: Registry;
   readonly #stmts;
 
   constructor(registry: Registry) {
+    this.#registry = registry;
     const db = registry.database;
     this.#stmts = {
       all: db.prepare<[], FileRow>('SELECT * FROM files ORDER BY name'),
@@ -51,7 +53,9 @@ export class FileCatalogue {
   }
 
   put(e: Omit<FileEntry, 'publishedAt'> & { publishedAt: number }): FileEntry {
-    this.#stmts.upsert.run(e.name, e.sha256, e.size, e.publisher, e.user, e.publishedAt, e.deleted ? 1 : 0, e.version);
+    this.#registry.write(`record ${e.deleted ? 'the removal of ' : ''}file ${e.name} in the catalogue`, () =>
+      this.#stmts.upsert.run(e.name, e.sha256, e.size, e.publisher, e.user, e.publishedAt, e.deleted ? 1 : 0, e.version),
+    );
     return this.get(e.name) as FileEntry;
   }
 

@@ -3,9 +3,14 @@
  * synchronous=NORMAL, statements prepared once, numbered migrations. Kept off
  * the data path: it is touched on enrolment, session open/close and admin calls.
  */
+import { basename } from 'node:path';
 import Database from 'better-sqlite3';
 import { ErrorCodes, ZtmError } from '@ztm/proto';
 import { MIGRATIONS } from './migrations.js';
+import { storageProblem } from './storage.js';
+
+/** SQLite result codes of a write the disk refused (read-only, full, failing, locked). */
+const STORAGE_SQLITE = /^SQLITE_(READONLY|FULL|IOERR|CANTOPEN|BUSY)/;
 
 export interface PermitRow {
   token_sha256: string;
@@ -52,9 +57,13 @@ export interface EnrolmentRecord {
 
 export class Registry {
   readonly #db: Database.Database;
+  readonly #file: string;
   readonly #stmts;
+  /** Told about every write the disk refused (for the hub's log). */
+  onWriteError?: (err: ZtmError) => void;
 
   constructor(file: string) {
+    this.#file = file;
     this.#db = new Database(file);
     this.#db.pragma('journal_mode = WAL');
     this.#db.pragma('synchronous = NORMAL');
@@ -102,6 +111,29 @@ export class Registry {
     return this.#db;
   }
 
+  /** Run a write. A write the disk refuses (read-only, full, …) becomes a
+   * STORAGE error that says what was not recorded and why; SQLite rolled it
+   * back, so nothing of it remains. Other errors pass through. */
+  write<T>(what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw this.#storageError(what, err) ?? err;
+    }
+  }
+
+  #storageError(what: string, err: unknown): ZtmError | undefined {
+    const code = (err as { code?: unknown } | undefined)?.code;
+    if (!(err instanceof Database.SqliteError) || typeof code !== 'string' || !STORAGE_SQLITE.test(code)) return undefined;
+    const why = storageProblem([this.#file, `${this.#file}-wal`], code);
+    const e = new ZtmError(ErrorCodes.STORAGE, `cannot ${what}: the hub's registry (${basename(this.#file)}) is not writable: ${why}`, {
+      cause: err,
+      details: { path: this.#file, sqlite: code },
+    });
+    this.onWriteError?.(e);
+    return e;
+  }
+
   get schemaVersion(): number {
     return this.#db.pragma('user_version', { simple: true }) as number;
   }
@@ -111,11 +143,11 @@ export class Registry {
   }
 
   setMeta(key: string, value: string): void {
-    this.#stmts.setMeta.run(key, value);
+    this.write(`record ${key}`, () => this.#stmts.setMeta.run(key, value));
   }
 
   addPermit(tokenSha256: string, endpoint: string, user: string, now: number, expiresAt: number): void {
-    this.#stmts.insertPermit.run(tokenSha256, endpoint, now, expiresAt, user);
+    this.write(`record a permit for ${endpoint}`, () => this.#stmts.insertPermit.run(tokenSha256, endpoint, now, expiresAt, user));
   }
 
   getPermit(tokenSha256: string): PermitRow | undefined {
@@ -142,34 +174,46 @@ export class Registry {
    * nothing. Re-checks the token inside the transaction so two racing
    * enrolments cannot both win. */
   recordEnrolment(r: EnrolmentRecord): void {
-    this.#db.transaction(() => {
-      const spent = this.#stmts.usePermit.run(r.now, r.tokenSha256);
-      if (spent.changes !== 1) throw new ZtmError(ErrorCodes.TOKEN_USED, 'this permit was already used: ask the hub operator for a new one');
-      const ep = this.getEndpoint(r.endpoint);
-      if (ep && ep.revoked_at === null && ep.spki_sha256 !== r.spkiSha256) {
-        throw new ZtmError(ErrorCodes.NAME_TAKEN, `endpoint name ${r.endpoint} is held by another key`);
-      }
-      this.#stmts.upsertEndpoint.run(r.endpoint, r.spkiSha256, r.now, r.user, r.cluster ?? null);
-      this.#stmts.insertCert.run(r.serial, r.endpoint, r.spkiSha256, r.notBefore, r.notAfter, r.now);
-    })();
+    this.write(`record the enrolment of ${r.endpoint} (the permit stays unused)`, () =>
+      this.#db.transaction(() => {
+        const spent = this.#stmts.usePermit.run(r.now, r.tokenSha256);
+        if (spent.changes !== 1) throw new ZtmError(ErrorCodes.TOKEN_USED, 'this permit was already used: ask the hub operator for a new one');
+        const ep = this.getEndpoint(r.endpoint);
+        if (ep && ep.revoked_at === null && ep.spki_sha256 !== r.spkiSha256) {
+          throw new ZtmError(ErrorCodes.NAME_TAKEN, `endpoint name ${r.endpoint} is held by another key`);
+        }
+        this.#stmts.upsertEndpoint.run(r.endpoint, r.spkiSha256, r.now, r.user, r.cluster ?? null);
+        this.#stmts.insertCert.run(r.serial, r.endpoint, r.spkiSha256, r.notBefore, r.notAfter, r.now);
+      })(),
+    );
   }
 
   /** A renewed certificate for an endpoint already bound to this key. */
   recordRenewal(endpoint: string, c: { serial: string; spkiSha256: string; notBefore: number; notAfter: number }, now: number): void {
-    this.#stmts.insertCert.run(c.serial, endpoint, c.spkiSha256, c.notBefore, c.notAfter, now);
+    this.write(`record the renewed certificate of ${endpoint}`, () =>
+      this.#stmts.insertCert.run(c.serial, endpoint, c.spkiSha256, c.notBefore, c.notAfter, now),
+    );
   }
 
   /** Revoke the endpoint and every certificate it holds. Returns how many
    * certificates were revoked now. */
   revokeEndpoint(name: string, now: number): number {
-    return this.#db.transaction(() => {
-      this.#stmts.revokeEndpoint.run(now, name);
-      return this.#stmts.revokeCerts.run(now, name).changes;
-    })();
+    return this.write(`revoke ${name}`, () =>
+      this.#db.transaction(() => {
+        this.#stmts.revokeEndpoint.run(now, name);
+        return this.#stmts.revokeCerts.run(now, name).changes;
+      })(),
+    );
   }
 
+  /** Last seen and address: advisory. A disk that refuses it is reported
+   * (onWriteError) and otherwise ignored, so sessions keep opening and closing. */
   touch(name: string, now: number, address: string | null): void {
-    this.#stmts.touch.run(now, address, name);
+    try {
+      this.#stmts.touch.run(now, address, name);
+    } catch (err) {
+      if (!this.#storageError(`record when ${name} was last seen`, err)) throw err;
+    }
   }
 
   integrityCheck(): string {
