@@ -50,6 +50,9 @@ t.test('tcp tunnel data path', async (t) => {
     const [entry] = await tunnelList(m.agents.entry!);
     await waitFor(async () => (await tunnelList(m.agents.entry!))[0]?.stats.open === 0, { what: 'streams closed' });
     t.ok((entry?.stats.total ?? 0) >= 500, 'entrance counted the streams');
+    const exitOpen = async () => (await tunnelList(m.agents.exit!)).find((v) => v.tunnel === 'tcp/echo')?.stats.open;
+    await waitFor(async () => (await exitOpen()) === 0, { timeoutMs: 10_000, what: 'exit streams closed' }).catch(() => {});
+    t.equal(await exitOpen(), 0, 'the exit closed every stream too (none leaked)');
   });
 
   await t.test('half-close: client shuts its write side and still reads the whole reply', async (t) => {

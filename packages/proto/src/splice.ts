@@ -119,7 +119,11 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
   // Done when both sides have read to their end and written their end. The
   // properties, not the events, are checked: an HTTP/2 stream may emit
   // 'close' before its 'finish' event has been delivered.
-  const doneWith = (s: Duplex) => s.readableEnded && s.writableFinished;
+  // A stream that closed cleanly (both ends, rstCode 0) is done even if its
+  // 'finish' never comes: node:http2 can close a stream before delivering it,
+  // and waiting for it leaked the splice (and the exit's open count).
+  const closedClean = new Set<Duplex>();
+  const doneWith = (s: Duplex) => closedClean.has(s) || (s.readableEnded && s.writableFinished);
   const check = () => {
     if (doneWith(a.stream) && doneWith(b.stream)) finish('done', 'closed');
   };
@@ -133,7 +137,7 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
       // with rstCode NO_ERROR); anything else is a reset to pass on.
       const rst = (s as Duplex & { rstCode?: number }).rstCode;
       if (s.readableEnded && s.writableEnded && (rst === undefined || rst === 0)) {
-        if (!s.writableFinished) s.once('finish', check);
+        closedClean.add(s);
         setImmediate(check);
       } else finish('reset', `${name}: closed early${rst ? ` (rst ${rst})` : ''}`);
     });

@@ -122,6 +122,9 @@ export class FileSync {
         [FileHeaders.size]: String(st.size),
       });
       const answer = responseOf(req);
+      // The hub may answer (a refusal) before the body is sent: handled below,
+      // never an unhandled rejection meanwhile.
+      answer.catch(() => {});
       await pipeline(createReadStream(path, { start: status.received, highWaterMark: 1024 * 1024 }), req).catch(() => {});
       const r = (await answer) as { complete: boolean };
       if (r.complete) break;

@@ -235,6 +235,12 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
           session.on('ping', () => {
             conn.lastAckAt = Date.now();
           });
+          // A TLS socket that closes under a busy session has been seen to
+          // leave the session open and silent until the keepalive timeout:
+          // the socket's end is the session's end.
+          socket.once('close', () => {
+            if (!session.destroyed) session.destroy();
+          });
           let settled = false;
           const settle = (err: ZtmError | null) => {
             if (settled) return;
@@ -389,6 +395,9 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     const rev = http2.performServerHandshake(socket, http2SessionOptions);
     rev.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
     this.#reverse = rev;
+    socket.once('close', () => {
+      if (!rev.destroyed) rev.destroy();
+    });
     rev.on('error', () => {});
     rev.on('stream', (stream, headers) => {
       stream.on('error', () => {});
