@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { agentCli, freePort, hubCli } from './helpers/index.js';
-import { hasJemalloc, have, read, sh, stubBins, yamlFile } from './helpers/packaging.js';
+import { have, read, sh, stubBins, yamlFile } from './helpers/packaging.js';
 import { Proc } from './helpers/packaging.js';
 
 // ---------------------------------------------------------------------------
@@ -160,10 +160,6 @@ t.test('systemd units', async (t) => {
     const hubProc = start(hub);
     t.teardown(() => hubProc.kill('SIGKILL'));
     await hubProc.waitLog('hub listening');
-    if (hasJemalloc()) {
-      const maps = readFileSync(`/proc/${hubProc.child.pid}/maps`, 'utf8');
-      t.match(maps, /libjemalloc/, 'hub: the LD_PRELOAD of the unit puts jemalloc under the hub');
-    } else t.comment('libjemalloc2 not installed: the unit falls back to the system allocator');
     const st = await hubCli(['status'], { env: hub.env });
     t.equal(st.code, 0, `ztm-hub status (the image's HEALTHCHECK) exits 0 ${st.stderr}`);
 

@@ -28,11 +28,6 @@ export function sh(cmd: string, args: string[], opts: { cwd?: string; env?: Node
 }
 
 /** Executables that run the real CLIs, standing in for /usr/bin/ztm-hub and /usr/bin/ztm-agent. */
-/** Whether ld.so finds libjemalloc.so.2 (the units and the image preload it). */
-export function hasJemalloc(): boolean {
-  return sh('sh', ['-c', "ldconfig -p | grep -q 'libjemalloc.so.2 '"]).code === 0;
-}
-
 export function stubBins(dir: string): { hub: string; agent: string; dir: string } {
   const bin = join(dir, 'bin');
   mkdirSync(bin, { recursive: true });

@@ -85,16 +85,16 @@ export async function direct(targets) {
 // ---- ztm ----
 const node = process.execPath;
 
-/** The allocator the product ships with (the systemd units and the image
- * preload jemalloc): the same here when ld.so finds it; ZTM_BENCH_MALLOC=system
- * measures glibc malloc instead. */
+/** The allocator: glibc malloc, as the product ships; ZTM_BENCH_MALLOC=jemalloc
+ * preloads libjemalloc.so.2 into the ztm processes (the opt-in the systemd
+ * units and the image describe: less hub RSS per idle agent, more CPU per byte). */
 export const MALLOC = (() => {
-  if (process.env.ZTM_BENCH_MALLOC === 'system') return { name: 'glibc (ZTM_BENCH_MALLOC=system)', env: {} };
+  if (process.env.ZTM_BENCH_MALLOC !== 'jemalloc') return { name: 'glibc malloc', env: {} };
   try {
     if (/libjemalloc\.so\.2 /.test(execFileSync('ldconfig', ['-p']).toString()))
-      return { name: 'jemalloc (LD_PRELOAD, as deployed)', env: { LD_PRELOAD: 'libjemalloc.so.2' } };
+      return { name: 'jemalloc (ZTM_BENCH_MALLOC=jemalloc)', env: { LD_PRELOAD: 'libjemalloc.so.2' } };
   } catch {}
-  return { name: 'glibc (libjemalloc2 not installed)', env: {} };
+  throw new Error('ZTM_BENCH_MALLOC=jemalloc: libjemalloc.so.2 not found (apt install libjemalloc2)');
 })();
 
 /** A hub through the real CLI, as an operator makes one: `init` on a free
