@@ -62,6 +62,11 @@ t.test('publish once, every agent receives it', async (t) => {
     t.equal(shaFile(received(a, 'big.bin')), bigSha, `${a.name}: 100 MiB identical`);
     t.equal(statSync(received(a, 'empty')).size, 0, `${a.name}: empty file present`);
   }
+  t.equal(shaFile(received(m.agents.pub!, 'big.bin')), bigSha, 'the publisher keeps its own copy');
+  t.notOk(
+    m.agents.pub!.daemon.logs().some((l) => l.msg === 'file received'),
+    'the publisher never downloads back what it published (the hub sends 2 copies, not 3)',
+  );
 
   const late = await startAgent(t, m.hub, 'late');
   await waitFor(async () => (await filesOf(late)).filter((f) => f.local === 'present').length === 3, { timeoutMs: 30_000, what: 'late joiner has all files' });

@@ -55,6 +55,8 @@ export class FileSync {
   #index: Record<string, LocalFile> = {};
   readonly #wanted = new Map<string, FileEntry>();
   readonly #state = new Map<string, string>();
+  /** Files this endpoint is publishing now (name → sha256): never fetched back. */
+  readonly #publishing = new Map<string, string>();
   #active = 0;
   #stopped = false;
   verifyFailures = 0;
@@ -87,7 +89,7 @@ export class FileSync {
       if (e.deleted) {
         this.#wanted.delete(e.name);
         void this.#remove(e.name);
-      } else if (this.#index[e.name]?.sha256 !== e.sha256) {
+      } else if (this.#index[e.name]?.sha256 !== e.sha256 && this.#publishing.get(e.name) !== e.sha256) {
         this.#wanted.set(e.name, e);
         this.#state.set(e.name, 'pending');
       }
@@ -129,11 +131,19 @@ export class FileSync {
       const r = (await answer) as { complete: boolean };
       if (r.complete) break;
     }
-    const entry = await requestJson<FileEntry>(this.#session(), 'POST', FilePaths.publish, { name, sha256, size: st.size });
-    // Our own copy, so this endpoint shows the same tree as every other.
-    const partial = join(this.#o.filesDir, PARTIAL_DIR, `${sha256}.local`);
-    await copyFile(path, partial);
-    await this.#land(name, partial, { sha256, size: st.size });
+    // The hub's broadcast of this entry can arrive before our own copy has
+    // landed: it must not make us download what we just uploaded.
+    this.#publishing.set(name, sha256);
+    let entry: FileEntry;
+    try {
+      entry = await requestJson<FileEntry>(this.#session(), 'POST', FilePaths.publish, { name, sha256, size: st.size });
+      // Our own copy, so this endpoint shows the same tree as every other.
+      const partial = join(this.#o.filesDir, PARTIAL_DIR, `${sha256}.local`);
+      await copyFile(path, partial);
+      await this.#land(name, partial, { sha256, size: st.size });
+    } finally {
+      if (this.#publishing.get(name) === sha256) this.#publishing.delete(name);
+    }
     this.#catalogue.set(name, entry);
     this.#o.log.info({ file: name, size: st.size }, 'file published');
     return entry;
