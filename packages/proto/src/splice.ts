@@ -67,6 +67,16 @@ export function tuneDataStream(s: Duplex): void {
   if (st._writableState && st._writableState.highWaterMark < DATA_HIGH_WATER_MARK_BYTES) st._writableState.highWaterMark = DATA_HIGH_WATER_MARK_BYTES;
 }
 
+/** Whether an 'end' is not the peer's end of data. node:http2 pushes EOF on a
+ * stream in two more cases: when it destroys the session (the stream is
+ * destroyed by then) and when nghttp2 closes the stream under us, a
+ * RST_STREAM or the connection going (the stream is 'aborted' if our side was
+ * still writing, or closed with a non-zero code). */
+function endedAbnormally(s: Duplex): boolean {
+  const h = s as Duplex & { aborted?: boolean; closed?: boolean; rstCode?: number };
+  return s.destroyed || h.aborted === true || (h.closed === true && h.rstCode !== undefined && h.rstCode !== 0);
+}
+
 /** Copy `src` into `dst` with backpressure; `src`'s end ends `dst` (half-close).
  * An 'end' from a stream already destroyed is not an end: node:http2 ends the
  * readable side of every stream of a session it destroys (no error, rstCode
@@ -91,7 +101,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   dst.on('drain', onDrain);
   src.once('end', () => {
     dst.off('drain', onDrain);
-    if (src.destroyed) return abort();
+    if (endedAbnormally(src)) return abort();
     if (!dst.writableEnded && !dst.destroyed) dst.end();
   });
 }

@@ -37,6 +37,8 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   outbound = new Map<string, OutboundEndPolicy>();
   inbound: InboundEnds['ends'] = [];
   lastAckAt = Date.now();
+  /** When the session manager's keepalive sweep visits this session next. */
+  keepaliveDue = 0;
   pingOutstanding = false;
   rttMs: number | null = null;
   #control: ServerHttp2Stream | undefined;
@@ -141,7 +143,7 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
    * else would notice on a session the agent only serves. A reverse session
    * that stops answering is destroyed: its streams reset, visibly, and the
    * agent opens a new one. */
-  sweepReverse(now: number, intervalMs: number, timeoutMs: number, onPing: () => void): void {
+  sweepReverse(now: number, pingAfterMs: number, timeoutMs: number, onPing: () => void): void {
     const r = this.#reverse;
     if (!r || r.destroyed) return;
     if (now - this.#reverseAckAt > timeoutMs) {
@@ -149,7 +151,7 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
       r.destroy();
       return;
     }
-    if (this.#reversePinging || now - this.#reverseAckAt < intervalMs) return;
+    if (this.#reversePinging || now - this.#reverseAckAt < pingAfterMs) return;
     this.#reversePinging = true;
     onPing();
     try {
