@@ -167,3 +167,16 @@ t.test('a reverse session that stops answering is dropped; the main session stay
   t.pass('the reverse connection was closed by the hub');
   t.equal((await endpointOf(hub, 'stuck', true))?.online, true, 'the main session stays online');
 });
+
+t.test('after a longer outage the agent is back within 2 s of the hub listening again', async (t) => {
+  const s = scope(t, 'lo');
+  const hub = await startHub(s, { serveArgs: KEEPALIVE });
+  await startAgent(s, hub, 'patient');
+  await hub.daemon.stop('SIGKILL');
+  // Long enough for the uncapped backoff to reach 4–8 s: refused dials are
+  // capped at 2 s (proto limits.ts), so it should not matter.
+  await sleep(7_000);
+  await hub.restart();
+  const back = await waitOnline(hub, 'patient', true, 15_000, 50);
+  t.ok(back <= 2_000 + 1_000, `back online ${back} ms after the hub listened again (cap 2 s + handshake)`);
+});

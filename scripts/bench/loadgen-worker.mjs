@@ -248,7 +248,7 @@ class Agent {
     } catch (err) {
       this.failures++;
       noteError(err);
-      this.schedule();
+      this.schedule(err?.code === 'ECONNREFUSED' || err?.cause?.code === 'ECONNREFUSED');
     } finally {
       releaseDialSlot();
       this.connecting = false;
@@ -265,9 +265,11 @@ class Agent {
   }
 
   /** Full jitter, capped: as the agent does (no thundering herd). */
-  schedule() {
+  schedule(refused = false) {
     if (this.closed || stopping) return;
-    const ceiling = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** Math.min(this.attempt, 20));
+    // As the agent: refused dials (hub not listening) capped at RECONNECT_REFUSED_MAX_MS.
+    const max = refused ? Math.min(RECONNECT_MAX_MS, proto.RECONNECT_REFUSED_MAX_MS ?? RECONNECT_MAX_MS) : RECONNECT_MAX_MS;
+    const ceiling = Math.min(max, RECONNECT_BASE_MS * 2 ** Math.min(this.attempt, 20));
     this.attempt++;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => void this.connect(), Math.round(Math.random() * ceiling));

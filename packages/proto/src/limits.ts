@@ -79,6 +79,12 @@ export const ENROL_SESSION_TIMEOUT_MS = 30_000;
 /** Re-dial backoff of the agent: full jitter, capped. */
 export const RECONNECT_BASE_MS = 250;
 export const RECONNECT_MAX_MS = 30_000;
+/** Cap while the hub's host refuses connections (ECONNREFUSED: up, but the hub
+ * is not listening, as during a restart): a refused dial costs the hub
+ * nothing, and the issue's bar is a tunnel usable ≤ 2 s after the hub is back.
+ * Timeouts and resets keep the full backoff, which is what settles a herd on
+ * a hub that is up but busy. */
+export const RECONNECT_REFUSED_MAX_MS = 2_000;
 
 /** Endpoint names: DNS-label-like, so they fit certificates, logs and URLs. */
 export const ENDPOINT_NAME_PATTERN = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;

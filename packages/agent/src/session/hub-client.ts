@@ -30,6 +30,7 @@ import {
   Paths,
   RECONNECT_BASE_MS,
   RECONNECT_MAX_MS,
+  RECONNECT_REFUSED_MAX_MS,
   type McsImports,
   type McsStatus,
   type Welcome,
@@ -207,7 +208,8 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       this.#lastError = e.message;
       if (isFatal(e.code)) return this.#fatal(e);
       this.#o.log.warn({ hub, code: e.code, reason: e.message }, 'cannot connect to hub');
-      if (this.#state !== 'online') this.#scheduleReconnect();
+      const refused = (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED';
+      if (this.#state !== 'online') this.#scheduleReconnect(refused);
     } finally {
       this.#connecting = false;
     }
@@ -331,12 +333,12 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     this.#scheduleReconnect();
   }
 
-  #scheduleReconnect(): void {
+  #scheduleReconnect(refused = false): void {
     if (this.#state === 'stopped' || this.#state === 'fatal') return;
     this.#state = 'backoff';
     const base = this.#o.reconnectBaseMs ?? RECONNECT_BASE_MS;
     const max = this.#o.reconnectMaxMs ?? RECONNECT_MAX_MS;
-    const ceiling = Math.min(max, base * 2 ** Math.min(this.#attempt, 20));
+    const ceiling = Math.min(refused ? Math.min(max, RECONNECT_REFUSED_MAX_MS) : max, base * 2 ** Math.min(this.#attempt, 20));
     this.#attempt++;
     const delay = Math.round(Math.random() * ceiling); // full jitter: no thundering herd after a hub restart
     clearTimeout(this.#timer);
