@@ -266,11 +266,15 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
             if (conn.welcome) this.#onConnectionClosed(conn, 'hub sent GOAWAY');
           });
           control.on('error', () => {});
-          let framed = false; // frames only after a 200: an error answer carries a JSON body
-          control.on('response', (h) => {
+          // Read only once the answer is known: frames after a 200, a JSON
+          // error body otherwise. node:http2 emits 'response' a tick after the
+          // HEADERS frame, so bytes that came in the same read would reach a
+          // 'data' listener first (a lost welcome, seen when the hub's HEADERS
+          // and welcome shared one TCP read); unread, they wait in the stream.
+          control.once('response', (h) => {
             const status = Number(h[':status']);
             if (status === 200) {
-              framed = true;
+              control.on('data', onData);
               return;
             }
             readJsonBody(control)
@@ -278,8 +282,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
               .catch(() => settle(new ZtmError(ErrorCodes.HUB_UNREACHABLE, `hub answered ${status}`)));
           });
           const decoder = new FrameDecoder();
-          control.on('data', (chunk: Buffer) => {
-            if (!framed) return;
+          const onData = (chunk: Buffer) => {
             let frames: unknown[];
             try {
               frames = decoder.push(chunk);
@@ -315,7 +318,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
                 this.emit('mcs', msg); // Kubernetes mode (k8s/) takes these
               }
             }
-          });
+          };
           control.write(encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, agentVersion: this.#o.agentVersion ?? '0.1.0', labels: this.#o.labels ?? {} }));
         }),
     );

@@ -80,14 +80,16 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
         return;
       }
       flow.ready = true;
+      stream.on('data', onData);
       stats.open++;
       stats.total++;
       for (const d of flow.pending) stream.write(encodeDatagram(d));
       flow.pending = [];
     });
     const decoder = new DatagramDecoder();
-    stream.on('data', (chunk: Buffer) => {
-      if (!flow.ready) return;
+    // Attached on a 200 only ('response' comes a tick after the HEADERS frame,
+    // so a listener set now could see datagrams before the answer).
+    const onData = (chunk: Buffer) => {
       let datagrams: Buffer[];
       try {
         datagrams = decoder.push(chunk);
@@ -100,7 +102,7 @@ export function listenUdp(end: InboundEnd, at: HostPort, client: HubClient, stat
         stats.bytesOut += d.length;
         sock.send(d, rinfo.port, rinfo.address);
       }
-    });
+    };
     stream.once('close', () => closeFlow(key, flow, 'closed'));
     return flow;
   };
