@@ -1,7 +1,9 @@
 /** TLS 1.3 dial to a hub address, with errors that say what to do. */
-import { isIP } from 'node:net';
+import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { ErrorCodes, ZtmError } from '@ztm/proto';
+import { EagerWriteSocket } from './eager-write-socket.js';
 
 export interface DialOptions {
   ca: string;
@@ -31,20 +33,23 @@ const TRUST_ERRORS = new Set([
 export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket> {
   const { host, port } = splitHostPort(hostPort);
   return new Promise((resolve, reject) => {
+    // TLS over a connection whose writes complete at once: see
+    // eager-write-socket.ts for why HTTP/2 over a plain socket can lock up
+    // with bulk data both ways.
+    const raw = new EagerWriteSocket({ host, port });
     const socket = tls.connect({
-      host,
-      port,
+      socket: raw as unknown as Duplex,
       ca: [o.ca],
       cert: o.cert,
       key: o.key,
       ALPNProtocols: [o.alpn],
       minVersion: 'TLSv1.3',
-      servername: isIP(host) ? undefined : host,
+      servername: net.isIP(host) ? undefined : host,
     });
     const timer = setTimeout(() => socket.destroy(new ZtmError(ErrorCodes.TIMEOUT, `TLS handshake with hub ${hostPort} timed out`)), o.timeoutMs ?? 10_000);
+    socket.once('close', () => raw.destroy());
     socket.once('secureConnect', () => {
       clearTimeout(timer);
-      socket.setNoDelay(true);
       if (socket.alpnProtocol !== o.alpn) {
         socket.destroy();
         reject(new ZtmError(ErrorCodes.HUB_UNREACHABLE, `${hostPort} is not a ztm hub (ALPN ${String(socket.alpnProtocol)})`));

@@ -1,0 +1,85 @@
+/**
+ * Bulk data both ways at once over thin TCP buffers.
+ *
+ * node:http2 stops reading its socket while one of its own writes is pending.
+ * When both peers of a session write more than the TCP buffers between them
+ * hold, each waits for the other's write and neither reads: the session locks
+ * up until the keepalive timeout drops it (and every connection on it). It
+ * takes bulk both ways at once and buffers smaller than the HTTP/2 windows
+ * (8 MiB): a fresh connection across a WAN, or a host with small tcp_wmem /
+ * tcp_rmem. The agents' socket layer (packages/agent/src/session/
+ * eager-write-socket.ts) completes writes at once, so the agent always reads.
+ *
+ * The whole mesh — hub, two agents, client and server — runs inside one
+ * network namespace whose TCP buffers are capped at 64 KiB (the sysctls are
+ * per namespace), over its loopback. Before the socket layer every run here
+ * locked up.
+ */
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import t from 'tap';
+import { startBulkPeers } from './helpers/bulk-peers.js';
+import { AGENT_BIN, Daemon, HUB_BIN, agentCli, freePort, hubCli, testDir } from './helpers/index.js';
+import { SiteDaemon, createSite, netnsSkipReason } from './helpers/k8s.js';
+
+const MiB = 1024 * 1024;
+const THIN = '4096 16384 65536';
+
+t.test('bulk data both ways at once over thin TCP buffers', { skip: netnsSkipReason() }, async (t) => {
+  const site = await createSite(t, 'thin');
+  execFileSync('ip', ['netns', 'exec', site.netns as string, 'sysctl', '-qw', `net.ipv4.tcp_rmem=${THIN}`, `net.ipv4.tcp_wmem=${THIN}`]);
+
+  const base = testDir(t);
+  const hubDir = join(base, 'hub');
+  const port = await freePort();
+  const init = await hubCli(['init', '--data', hubDir, '--names', `127.0.0.1:${port}`, '--mesh', 'thin']);
+  t.equal(init.code, 0, `hub init ${init.stderr}`);
+  const hub = new SiteDaemon(site, HUB_BIN, ['serve', '--data', hubDir, '--listen', `127.0.0.1:${port}`, '--log-level', 'debug']);
+  t.teardown(() => hub.stop('SIGKILL'));
+  await hub.waitLog((l) => l.msg === 'hub listening');
+
+  const startAgent = async (name: string) => {
+    const permit = join(base, `${name}.permit.json`);
+    const p = await hubCli(['permit', 'create', name, '--data', hubDir, '--out', permit]);
+    if (p.code !== 0) throw new Error(`permit ${name}: ${p.stderr}`);
+    const dir = join(base, name);
+    // The hub listens on the namespace's loopback: join from inside it.
+    const join_ = new Daemon(AGENT_BIN, ['join', '--permit', permit, '--data', dir], undefined, site.prefix);
+    if ((await join_.exited) !== 0) throw new Error(`join ${name}: ${join_.stderr}`);
+    const d = new SiteDaemon(site, AGENT_BIN, ['run', '--data', dir, '--log-level', 'debug']);
+    t.teardown(() => d.stop('SIGKILL'));
+    await d.waitLog((l) => l.msg === 'online');
+    return { dir, daemon: d, cli: (args: string[]) => agentCli([...args, '--data', dir]) };
+  };
+  const [entry, exit] = await Promise.all([startAgent('entry'), startAgent('exit')]);
+
+  const listenPort = await freePort();
+  const peers = await startBulkPeers(t, { serverPrefix: site.prefix, clientPrefix: site.prefix, listenPort });
+  for (const [a, args] of [
+    [exit, ['tunnel', 'open', 'outbound', 'tcp/bulk', '--target', `127.0.0.1:${peers.targetPort}`]],
+    [entry, ['tunnel', 'open', 'inbound', 'tcp/bulk', '--listen', `127.0.0.1:${listenPort}`]],
+  ] as const) {
+    const r = await a.cli([...args]);
+    t.equal(r.code, 0, `ztm-agent ${args.join(' ')} ${r.stderr}`);
+  }
+  // The inbound end listens once the agent has applied it; a tiny transfer proves the path.
+  const probe = await peers.transfer('probe', 64, 64, 10_000);
+  t.ok(peers.whole('probe', 64, 64, probe), 'a tiny transfer goes through');
+
+  // Four connections, each 16 MiB up and 16 MiB down at once: 128 MiB over
+  // sessions whose sockets hold 64 KiB. A lock-up shows as the transfers'
+  // 30 s timeout (the keepalive timeout is 30 s too).
+  const size = 16 * MiB;
+  const ids = ['two-way-1', 'two-way-2', 'two-way-3', 'two-way-4'];
+  const t0 = Date.now();
+  const outcomes = await Promise.all(ids.map((id) => peers.transfer(id, size, size, 30_000)));
+  t.comment(`${(ids.length * 2 * size) / MiB} MiB in transfers that ended after ${Date.now() - t0} ms`);
+  for (const [i, id] of ids.entries()) await peers.assertWhole(t, id, size, size, outcomes[i] as (typeof outcomes)[number]);
+  for (const [name, a] of [
+    ['entry', entry],
+    ['exit', exit],
+  ] as const) {
+    t.equal(a.daemon.logs().filter((l) => l.msg === 'offline').length, 0, `the ${name} agent stayed online`);
+  }
+  t.equal(hub.logs().filter((l) => l.msg === 'session closed').length, 0, 'the hub closed no session');
+});
