@@ -11,7 +11,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { AGENT_BIN, initHub, startSshd } from './paths.mjs';
+import { AGENT_BIN, binNodeArgs, initHub, startSshd } from './paths.mjs';
 import { runCmd, runDir, sleep, start, stop, waitLog } from './procs.mjs';
 
 const node = process.execPath;
@@ -123,7 +123,7 @@ export async function fileSync({ mib, repeats = 1, scp = true, timeoutSec = 180,
     await Promise.all(names.map((n) => runCmd(node, [AGENT_BIN, 'join', '--permit', permits[n], '--data', dirs[n]])));
     const agents = {};
     for (const n of names) {
-      agents[n] = start(`files-agent-${n}`, node, [AGENT_BIN, 'run', '--data', dirs[n]]);
+      agents[n] = start(`files-agent-${n}`, node, [...binNodeArgs(AGENT_BIN), AGENT_BIN, 'run', '--data', dirs[n]]);
       procs.push(agents[n]);
     }
     for (const n of names) await waitLog(agents[n], /"msg":"online"/);

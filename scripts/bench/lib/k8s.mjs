@@ -30,7 +30,7 @@ import { execFile, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
-import { AGENT_BIN, ROOT, initHub } from './paths.mjs';
+import { AGENT_BIN, ROOT, binNodeArgs, initHub } from './paths.mjs';
 import { onCleanup, recordPid, runCmd, runDir, sleep, start, stop, waitLog } from './procs.mjs';
 
 const node = process.execPath;
@@ -239,7 +239,7 @@ current-context: ${c.name}
         );
         const data = join(base, c.name);
         await runCmd(node, [AGENT_BIN, 'join', '--permit', permits[c.name], '--data', data, '--kubeconfig', kubeconfig, '--cluster-id', c.name, '--json']);
-        const h = start(`k8s-agent-${c.name}`, node, [AGENT_BIN, 'run', '--data', data, '--kubeconfig', kubeconfig, '--advertise-address', addr]);
+        const h = start(`k8s-agent-${c.name}`, node, [...binNodeArgs(AGENT_BIN), AGENT_BIN, 'run', '--data', data, '--kubeconfig', kubeconfig, '--advertise-address', addr]);
         procs.push(h);
         agents[c.name] = h;
         await waitLog(h, /"msg":"online"/, 30_000);

@@ -5,7 +5,7 @@
 // A path is { name, ports: { iperf, echo, sink }, roles: { entry?, relay?, exit? }
 // (pids whose process trees are sampled), notes, stop() }.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, runCmd, runDir, sleep, start, stop, waitLog, waitPort } from './procs.mjs';
@@ -15,6 +15,16 @@ export const HUB_BIN = join(ROOT, 'packages/hub/bin/ztm-hub.js');
 export const AGENT_BIN = join(ROOT, 'packages/agent/bin/ztm-agent.js');
 
 const TARGETS = ['iperf', 'echo', 'sink'];
+
+/** The Node flags a bin's shebang gives it (`#!/usr/bin/env -S node FLAGS`):
+ * installed binaries run with them (systemd, the image, npm's bin links), so
+ * the daemons are measured with them too; a tree whose bins have none (an
+ * older baseline) runs as it did. */
+export function binNodeArgs(bin) {
+  if (!existsSync(bin)) return [];
+  const m = /^#!\S*env -S node((?: --\S+)*)\s*$/m.exec(readFileSync(bin, 'utf8').split('\n', 1)[0] ?? '');
+  return m ? m[1].trim().split(/\s+/).filter(Boolean) : [];
+}
 
 /** One echo round trip through `port`, retried until it works (the path is
  * routed) or the deadline passes. */
@@ -120,7 +130,7 @@ export async function initHub({ tag, base, names, mesh = 'bench', nodeArgs = [],
     () => ['--config', hubConfig],
     () => [],
   );
-  const serve = () => start(`${tag}-hub`, node, [...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs, ...serveArgs], { env });
+  const serve = () => start(`${tag}-hub`, node, [...binNodeArgs(HUB_BIN), ...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs, ...serveArgs], { env });
   return { hubAddr, hubDir, permits, serve };
 }
 
@@ -154,7 +164,7 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
       for (const t of TARGETS) await agentCli(['tunnel', 'open', 'inbound', `tcp/bench-${t}`, '--listen', `127.0.0.1:${ports[t]}`, '--data', agents.a.dir]);
     })(),
   ]);
-  for (const name of ['b', 'a']) agents[name].h = start(`${tag}-agent-${name}`, node, [...nodeArgs, AGENT_BIN, 'run', '--data', agents[name].dir], { env });
+  for (const name of ['b', 'a']) agents[name].h = start(`${tag}-agent-${name}`, node, [...binNodeArgs(AGENT_BIN), ...nodeArgs, AGENT_BIN, 'run', '--data', agents[name].dir], { env });
   await waitLog(agents.a.h, /"msg":"online"/);
   await waitLog(agents.b.h, /"msg":"online"/);
   await probeEcho(ports.echo);
