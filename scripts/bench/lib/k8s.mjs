@@ -239,7 +239,17 @@ current-context: ${c.name}
         );
         const data = join(base, c.name);
         await runCmd(node, [AGENT_BIN, 'join', '--permit', permits[c.name], '--data', data, '--kubeconfig', kubeconfig, '--cluster-id', c.name, '--json']);
-        const h = start(`k8s-agent-${c.name}`, node, [...binNodeArgs(AGENT_BIN), AGENT_BIN, 'run', '--data', data, '--kubeconfig', kubeconfig, '--advertise-address', addr]);
+        const h = start(`k8s-agent-${c.name}`, node, [
+          ...binNodeArgs(AGENT_BIN),
+          AGENT_BIN,
+          'run',
+          '--data',
+          data,
+          '--kubeconfig',
+          kubeconfig,
+          '--advertise-address',
+          addr,
+        ]);
         procs.push(h);
         agents[c.name] = h;
         await waitLog(h, /"msg":"online"/, 30_000);

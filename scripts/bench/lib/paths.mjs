@@ -130,7 +130,10 @@ export async function initHub({ tag, base, names, mesh = 'bench', nodeArgs = [],
     () => ['--config', hubConfig],
     () => [],
   );
-  const serve = () => start(`${tag}-hub`, node, [...binNodeArgs(HUB_BIN), ...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs, ...serveArgs], { env });
+  const serve = () =>
+    start(`${tag}-hub`, node, [...binNodeArgs(HUB_BIN), ...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs, ...serveArgs], {
+      env,
+    });
   return { hubAddr, hubDir, permits, serve };
 }
 
@@ -164,7 +167,8 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
       for (const t of TARGETS) await agentCli(['tunnel', 'open', 'inbound', `tcp/bench-${t}`, '--listen', `127.0.0.1:${ports[t]}`, '--data', agents.a.dir]);
     })(),
   ]);
-  for (const name of ['b', 'a']) agents[name].h = start(`${tag}-agent-${name}`, node, [...binNodeArgs(AGENT_BIN), ...nodeArgs, AGENT_BIN, 'run', '--data', agents[name].dir], { env });
+  for (const name of ['b', 'a'])
+    agents[name].h = start(`${tag}-agent-${name}`, node, [...binNodeArgs(AGENT_BIN), ...nodeArgs, AGENT_BIN, 'run', '--data', agents[name].dir], { env });
   await waitLog(agents.a.h, /"msg":"online"/);
   await waitLog(agents.b.h, /"msg":"online"/);
   await probeEcho(ports.echo);
