@@ -15,46 +15,20 @@
  * per namespace), over its loopback. Before the socket layer every run here
  * locked up.
  */
-import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
 import t from 'tap';
 import { startBulkPeers } from './helpers/bulk-peers.js';
-import { AGENT_BIN, Daemon, HUB_BIN, agentCli, freePort, hubCli, testDir } from './helpers/index.js';
-import { SiteDaemon, createSite, netnsSkipReason } from './helpers/k8s.js';
+import { freePort } from './helpers/index.js';
+import { startIsland } from './helpers/island.js';
+import { netnsSkipReason } from './helpers/k8s.js';
 
 const MiB = 1024 * 1024;
-const THIN = '4096 16384 65536';
 
 t.test('bulk data both ways at once over thin TCP buffers', { skip: netnsSkipReason() }, async (t) => {
-  const site = await createSite(t, 'thin');
-  execFileSync('ip', ['netns', 'exec', site.netns as string, 'sysctl', '-qw', `net.ipv4.tcp_rmem=${THIN}`, `net.ipv4.tcp_wmem=${THIN}`]);
-
-  const base = testDir(t);
-  const hubDir = join(base, 'hub');
-  const port = await freePort();
-  const init = await hubCli(['init', '--data', hubDir, '--names', `127.0.0.1:${port}`, '--mesh', 'thin']);
-  t.equal(init.code, 0, `hub init ${init.stderr}`);
-  const hub = new SiteDaemon(site, HUB_BIN, ['serve', '--data', hubDir, '--listen', `127.0.0.1:${port}`, '--log-level', 'debug']);
-  t.teardown(() => hub.stop('SIGKILL'));
-  await hub.waitLog((l) => l.msg === 'hub listening');
-
-  const startAgent = async (name: string) => {
-    const permit = join(base, `${name}.permit.json`);
-    const p = await hubCli(['permit', 'create', name, '--data', hubDir, '--out', permit]);
-    if (p.code !== 0) throw new Error(`permit ${name}: ${p.stderr}`);
-    const dir = join(base, name);
-    // The hub listens on the namespace's loopback: join from inside it.
-    const join_ = new Daemon(AGENT_BIN, ['join', '--permit', permit, '--data', dir], undefined, site.prefix);
-    if ((await join_.exited) !== 0) throw new Error(`join ${name}: ${join_.stderr}`);
-    const d = new SiteDaemon(site, AGENT_BIN, ['run', '--data', dir, '--log-level', 'debug']);
-    t.teardown(() => d.stop('SIGKILL'));
-    await d.waitLog((l) => l.msg === 'online');
-    return { dir, daemon: d, cli: (args: string[]) => agentCli([...args, '--data', dir]) };
-  };
-  const [entry, exit] = await Promise.all([startAgent('entry'), startAgent('exit')]);
+  const island = await startIsland(t, 'thin', { tcpBuffers: '4096 16384 65536' });
+  const [entry, exit] = await Promise.all([island.startAgent('entry'), island.startAgent('exit')]);
 
   const listenPort = await freePort();
-  const peers = await startBulkPeers(t, { serverPrefix: site.prefix, clientPrefix: site.prefix, listenPort });
+  const peers = await startBulkPeers(t, { serverPrefix: island.site.prefix, clientPrefix: island.site.prefix, listenPort });
   for (const [a, args] of [
     [exit, ['tunnel', 'open', 'outbound', 'tcp/bulk', '--target', `127.0.0.1:${peers.targetPort}`]],
     [entry, ['tunnel', 'open', 'inbound', 'tcp/bulk', '--listen', `127.0.0.1:${listenPort}`]],
@@ -75,11 +49,6 @@ t.test('bulk data both ways at once over thin TCP buffers', { skip: netnsSkipRea
   const outcomes = await Promise.all(ids.map((id) => peers.transfer(id, size, size, 30_000)));
   t.comment(`${(ids.length * 2 * size) / MiB} MiB in transfers that ended after ${Date.now() - t0} ms`);
   for (const [i, id] of ids.entries()) await peers.assertWhole(t, id, size, size, outcomes[i] as (typeof outcomes)[number]);
-  for (const [name, a] of [
-    ['entry', entry],
-    ['exit', exit],
-  ] as const) {
-    t.equal(a.daemon.logs().filter((l) => l.msg === 'offline').length, 0, `the ${name} agent stayed online`);
-  }
-  t.equal(hub.logs().filter((l) => l.msg === 'session closed').length, 0, 'the hub closed no session');
+  for (const a of [entry, exit]) t.equal(a.count('offline'), 0, `the ${a.name} agent stayed online`);
+  t.equal(island.hub.logs().filter((l) => l.msg === 'session closed').length, 0, 'the hub closed no session');
 });

@@ -161,9 +161,10 @@ export async function startBulkPeers(t: T, o: { serverPrefix: readonly string[];
       await client.exited;
       const result = client.logs().find((l) => l.msg === 'result') as PeerReport | undefined;
       if (!result) throw new Error(`transfer ${id}: the client reported nothing (${client.stderr.trim()})`);
-      // The server reports when its side closes, just after the client's.
+      // The server reports when its side closes: just after the client's, or,
+      // over a slow link, once the bytes queued on the way have arrived.
       const received = await waitFor(() => server.logs().find((l) => l.msg === 'received' && l.id === id), {
-        timeoutMs: result.end === 'end' ? 10_000 : 3_000,
+        timeoutMs: result.end === 'end' ? Math.max(10_000, timeoutMs) : 3_000,
         what: `the server's report of ${id}`,
       }).catch(() => undefined);
       return { result, received: received as PeerReport | undefined };

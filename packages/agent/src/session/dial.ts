@@ -30,6 +30,13 @@ const TRUST_ERRORS = new Set([
   'CERT_HAS_EXPIRED',
 ]);
 
+const rawOf = new WeakMap<tls.TLSSocket, EagerWriteSocket>();
+
+/** Bytes read so far from the hub on a connection made by dialTls (0 for others). */
+export function bytesReadFromHub(socket: tls.TLSSocket): number {
+  return rawOf.get(socket)?.bytesRead ?? 0;
+}
+
 export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket> {
   const { host, port } = splitHostPort(hostPort);
   return new Promise((resolve, reject) => {
@@ -47,6 +54,7 @@ export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket
       servername: net.isIP(host) ? undefined : host,
     });
     const timer = setTimeout(() => socket.destroy(new ZtmError(ErrorCodes.TIMEOUT, `TLS handshake with hub ${hostPort} timed out`)), o.timeoutMs ?? 10_000);
+    rawOf.set(socket, raw);
     socket.once('close', () => raw.destroy());
     socket.once('secureConnect', () => {
       clearTimeout(timer);

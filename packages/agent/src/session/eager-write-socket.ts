@@ -38,6 +38,8 @@ export class EagerWriteSocket extends EventEmitter {
   readonly socket: net.Socket;
   /** JSStreamSocket refuses object-mode streams; this one carries bytes. */
   readonly readableObjectMode = false;
+  /** Bytes read from the peer so far (the agent's keepalive counts them as life). */
+  bytesRead = 0;
   readonly #maxQueuedBytes: number;
 
   constructor(opts: { host: string; port: number }, maxQueuedBytes = EAGER_WRITE_MAX_QUEUED_BYTES) {
@@ -51,6 +53,7 @@ export class EagerWriteSocket extends EventEmitter {
         buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
         // The chunk is only valid during the call: TLS copies it at once.
         callback: (nread: number, buf: Uint8Array) => {
+          this.bytesRead += nread;
           this.emit('data', Buffer.from(buf.buffer, buf.byteOffset, nread));
           return true;
         },

@@ -45,7 +45,7 @@ import {
 } from '@ztm/proto';
 import type { AgentIdentity } from '../identity/identity-store.js';
 import type { Logger } from '../log.js';
-import { dialTls } from './dial.js';
+import { bytesReadFromHub, dialTls } from './dial.js';
 
 export type HubClientState = 'idle' | 'connecting' | 'online' | 'backoff' | 'stopped' | 'fatal';
 
@@ -71,6 +71,10 @@ interface Connection {
   connectedAt: number;
   /** Last sign of life from the hub: an answer to our PING or a PING of its own. */
   lastAckAt: number;
+  /** When bytes last arrived from the hub (seen by the keepalive tick). */
+  lastHeardAt: number;
+  bytesSeen: number;
+  socket: TLSSocket;
   lastPingAt: number;
   pingOutstanding: boolean;
   rttMs: number | null;
@@ -229,6 +233,9 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
             control,
             connectedAt: Date.now(),
             lastAckAt: Date.now(),
+            lastHeardAt: Date.now(),
+            bytesSeen: 0,
+            socket,
             lastPingAt: 0,
             pingOutstanding: false,
             rttMs: null,
@@ -354,7 +361,14 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     if (!c || c.dead) return;
     const now = Date.now();
     const timeout = this.#o.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
-    if (now - c.lastAckAt > timeout) {
+    // Any bytes from the hub prove it alive too: our PING and its answer can
+    // queue behind data on a slow link (eager-write-socket.ts).
+    const read = bytesReadFromHub(c.socket);
+    if (read !== c.bytesSeen) {
+      c.bytesSeen = read;
+      c.lastHeardAt = now;
+    }
+    if (now - Math.max(c.lastAckAt, c.lastHeardAt) > timeout) {
       this.#o.log.warn({ timeoutMs: timeout }, 'hub stopped answering pings');
       c.session.destroy();
       this.#onConnectionClosed(c, 'keepalive timeout');

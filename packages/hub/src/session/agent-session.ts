@@ -37,6 +37,8 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   outbound = new Map<string, OutboundEndPolicy>();
   inbound: InboundEnds['ends'] = [];
   lastAckAt = Date.now();
+  /** When bytes last arrived from the agent (seen by the keepalive sweep). */
+  lastHeardAt = Date.now();
   /** When the session manager's keepalive sweep visits this session next. */
   keepaliveDue = 0;
   pingOutstanding = false;
@@ -45,6 +47,9 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   #reverse: ClientHttp2Session | undefined;
   #reverseAckAt = 0;
   #reversePinging = false;
+  #reverseBytesSeen = 0;
+  #reverseHeardAt = 0;
+  #bytesSeen = 0;
   #closeReason: string | undefined;
 
   /** How long a bulk send may wait for the agent to read (its keepalive timeout). */
@@ -123,11 +128,26 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     }
   }
 
+  /** Whether bytes arrived from the agent on the main session since the last
+   * call (the keepalive sweep's visit). Data proves the agent alive as well as
+   * a PING answer does, and the answer can wait a long time behind it: an
+   * agent completes its writes at once (eager-write-socket.ts), so on a slow
+   * uplink up to a window's worth of data (8 MiB: 30 s at 2 Mbit/s) may be
+   * queued ahead of its PING ACK. A silent or frozen agent still times out. */
+  readSinceLastVisit(): boolean {
+    const n = bytesReadOf(this.main);
+    if (n === this.#bytesSeen) return false;
+    this.#bytesSeen = n;
+    return true;
+  }
+
   attachReverse(reverse: ClientHttp2Session): void {
     const old = this.#reverse;
     this.#reverse = reverse;
     this.#reverseAckAt = Date.now();
     this.#reversePinging = false;
+    this.#reverseBytesSeen = 0;
+    this.#reverseHeardAt = Date.now();
     if (old && !old.destroyed) old.close();
     reverse.on('close', () => {
       if (this.#reverse === reverse) this.#reverse = undefined;
@@ -146,7 +166,13 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   sweepReverse(now: number, pingAfterMs: number, timeoutMs: number, onPing: () => void): void {
     const r = this.#reverse;
     if (!r || r.destroyed) return;
-    if (now - this.#reverseAckAt > timeoutMs) {
+    // Bytes from the agent count as a sign of life here too (readSinceLastVisit).
+    const read = bytesReadOf(r);
+    if (read !== this.#reverseBytesSeen) {
+      this.#reverseBytesSeen = read;
+      this.#reverseHeardAt = now;
+    }
+    if (now - Math.max(this.#reverseAckAt, this.#reverseHeardAt) > timeoutMs) {
       this.log.warn({ timeoutMs }, 'reverse session stopped answering pings; dropping it');
       r.destroy();
       return;
@@ -227,5 +253,14 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     const why = this.#closeReason ?? reason;
     this.log.info({ reason: why, durationMs: Date.now() - this.connectedAt }, 'session closed');
     this.emit('close', why);
+  }
+}
+
+/** Bytes read so far from the session's socket (0 once it is gone). */
+function bytesReadOf(session: ServerHttp2Session | ClientHttp2Session): number {
+  try {
+    return session.socket?.bytesRead ?? 0;
+  } catch {
+    return 0;
   }
 }

@@ -158,7 +158,11 @@ export class SessionManager {
       const s = q[i] as AgentSession;
       if (s.keepaliveDue > now) break;
       if (s.closed || this.#byEndpoint.get(s.endpoint) !== s) continue;
-      if (now - s.lastAckAt > timeout) {
+      if (s.readSinceLastVisit()) s.lastHeardAt = now;
+      // Alive: an answer to a PING, a PING of its own, or any bytes from it.
+      // PINGs keep going out on their own schedule either way, so the agent
+      // hears from us even while its answers queue behind its data.
+      if (now - Math.max(s.lastAckAt, s.lastHeardAt) > timeout) {
         s.destroy(new ZtmError(ErrorCodes.TIMEOUT, `keepalive timeout (${timeout} ms)`));
         continue;
       }
