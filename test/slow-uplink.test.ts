@@ -18,13 +18,12 @@
 import t from 'tap';
 import { startBulkPeers } from './helpers/bulk-peers.js';
 import { freePort } from './helpers/index.js';
-import { startIsland } from './helpers/island.js';
-import { netnsSkipReason } from './helpers/k8s.js';
+import { startIsland, tbfSkipReason } from './helpers/island.js';
 
 const MiB = 1024 * 1024;
 const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '4s'];
 
-t.test('a busy uplink slower than its queue keeps its session', { skip: netnsSkipReason() }, async (t) => {
+t.test('a busy uplink slower than its queue keeps its session', { skip: tbfSkipReason() }, async (t) => {
   const island = await startIsland(t, 'slow', { rate: '16mbit', hubArgs: KEEPALIVE });
   const [entry, exit] = await Promise.all([island.startAgent('entry', KEEPALIVE), island.startAgent('exit', KEEPALIVE)]);
   const listenPort = await freePort();

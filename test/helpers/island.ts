@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { AGENT_BIN, Daemon, HUB_BIN, type RunResult, agentCli, freePort, hubCli, testDir } from './index.js';
-import { type Site, SiteDaemon, createSite } from './k8s.js';
+import { type Site, SiteDaemon, createSite, netnsSkipReason } from './k8s.js';
 
 type T = Parameters<typeof testDir>[0];
 
@@ -33,6 +33,29 @@ export interface IslandOptions {
   /** tc tbf rate on the namespace's loopback, e.g. '2mbit' (every leg shares it). */
   rate?: string;
   hubArgs?: string[];
+}
+
+let tbfProbe: string | false | undefined;
+/** Why a rate cannot be put on a namespace's loopback here (tc tbf), or false. */
+export function tbfSkipReason(): string | false {
+  if (tbfProbe !== undefined) return tbfProbe;
+  const netns = netnsSkipReason();
+  if (netns) return (tbfProbe = netns);
+  const ns = `ztm-tbf-probe-${process.pid}`;
+  try {
+    execFileSync('ip', ['netns', 'add', ns], { stdio: 'ignore' });
+    execFileSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', 'lo', 'root', 'tbf', 'rate', '16mbit', 'burst', '256kb', 'latency', '400ms'], {
+      stdio: 'pipe',
+    });
+    tbfProbe = false;
+  } catch (err) {
+    tbfProbe = `tc tbf does not work here (${(err as Error).message.split('\n')[0]})`;
+  } finally {
+    try {
+      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+    } catch {}
+  }
+  return tbfProbe;
 }
 
 export async function startIsland(t: T, name: string, o: IslandOptions = {}): Promise<Island> {
