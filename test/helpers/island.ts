@@ -40,7 +40,10 @@ let tbfProbe: string | false | undefined;
 export function tbfSkipReason(): string | false {
   if (tbfProbe !== undefined) return tbfProbe;
   const netns = netnsSkipReason();
-  if (netns) return (tbfProbe = netns);
+  if (netns) {
+    tbfProbe = netns;
+    return tbfProbe;
+  }
   const ns = `ztm-tbf-probe-${process.pid}`;
   try {
     execFileSync('ip', ['netns', 'add', ns], { stdio: 'ignore' });
