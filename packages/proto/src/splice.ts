@@ -68,13 +68,27 @@ export function tuneDataStream(s: Duplex): void {
 }
 
 /** Whether an 'end' is not the peer's end of data. node:http2 pushes EOF on a
- * stream in two more cases: when it destroys the session (the stream is
- * destroyed by then) and when nghttp2 closes the stream under us, a
+ * stream in more cases than END_STREAM: when it destroys the session (the
+ * stream is destroyed by then), when nghttp2 closes the stream under us, a
  * RST_STREAM or the connection going (the stream is 'aborted' if our side was
- * still writing, or closed with a non-zero code). */
+ * still writing, or closed with a non-zero code), and when the connection
+ * under the session ends — seen (under load, with the agents' socket layer)
+ * before any of those flags was set: so an HTTP/2 stream whose session is
+ * destroyed or whose connection has ended or gone did not end by END_STREAM.
+ * A session closing gracefully (GOAWAY, renewal) keeps its connection until
+ * its streams are done, so their ends stay clean. */
 function endedAbnormally(s: Duplex): boolean {
-  const h = s as Duplex & { aborted?: boolean; closed?: boolean; rstCode?: number };
-  return s.destroyed || h.aborted === true || (h.closed === true && h.rstCode !== undefined && h.rstCode !== 0);
+  const h = s as Duplex & { aborted?: boolean; closed?: boolean; rstCode?: number; session?: unknown };
+  if (s.destroyed || h.aborted === true || (h.closed === true && h.rstCode !== undefined && h.rstCode !== 0)) return true;
+  if (!('session' in h)) return false; // not an HTTP/2 stream
+  try {
+    const session = h.session as { destroyed?: boolean; socket?: { destroyed?: boolean; readableEnded?: boolean } } | undefined;
+    if (!session || session.destroyed) return true;
+    const socket = session.socket;
+    return socket === undefined || socket.destroyed === true || socket.readableEnded === true;
+  } catch {
+    return true;
+  }
 }
 
 /** Copy `src` into `dst` with backpressure; `src`'s end ends `dst` (half-close).
