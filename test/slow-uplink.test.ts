@@ -16,9 +16,7 @@
  * these rules the entry went offline and every upload was reset.
  */
 import t from 'tap';
-import { startBulkPeers } from './helpers/bulk-peers.js';
-import { freePort } from './helpers/index.js';
-import { startIsland, tbfSkipReason } from './helpers/island.js';
+import { bulkTunnel, startIsland, tbfSkipReason } from './helpers/island.js';
 
 const MiB = 1024 * 1024;
 const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '4s'];
@@ -26,17 +24,7 @@ const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '4s'];
 t.test('a busy uplink slower than its queue keeps its session', { skip: tbfSkipReason() }, async (t) => {
   const island = await startIsland(t, 'slow', { rate: '16mbit', hubArgs: KEEPALIVE });
   const [entry, exit] = await Promise.all([island.startAgent('entry', KEEPALIVE), island.startAgent('exit', KEEPALIVE)]);
-  const listenPort = await freePort();
-  const peers = await startBulkPeers(t, { serverPrefix: island.site.prefix, clientPrefix: island.site.prefix, listenPort });
-  for (const [a, args] of [
-    [exit, ['tunnel', 'open', 'outbound', 'tcp/up', '--target', `127.0.0.1:${peers.targetPort}`]],
-    [entry, ['tunnel', 'open', 'inbound', 'tcp/up', '--listen', `127.0.0.1:${listenPort}`]],
-  ] as const) {
-    const r = await a.cli([...args]);
-    t.equal(r.code, 0, `ztm-agent ${args.join(' ')} ${r.stderr}`);
-  }
-  const probe = await peers.transfer('probe', 64, 64, 10_000);
-  t.ok(peers.whole('probe', 64, 64, probe), 'a tiny transfer goes through');
+  const peers = await bulkTunnel(t, island, entry, exit, 'up');
 
   const size = 3 * MiB;
   const ids = ['up-1', 'up-2', 'up-3', 'up-4'];

@@ -16,9 +16,7 @@
  * locked up.
  */
 import t from 'tap';
-import { startBulkPeers } from './helpers/bulk-peers.js';
-import { freePort } from './helpers/index.js';
-import { startIsland } from './helpers/island.js';
+import { bulkTunnel, startIsland } from './helpers/island.js';
 import { netnsSkipReason } from './helpers/k8s.js';
 
 const MiB = 1024 * 1024;
@@ -27,18 +25,7 @@ t.test('bulk data both ways at once over thin TCP buffers', { skip: netnsSkipRea
   const island = await startIsland(t, 'thin', { tcpBuffers: '4096 16384 65536' });
   const [entry, exit] = await Promise.all([island.startAgent('entry'), island.startAgent('exit')]);
 
-  const listenPort = await freePort();
-  const peers = await startBulkPeers(t, { serverPrefix: island.site.prefix, clientPrefix: island.site.prefix, listenPort });
-  for (const [a, args] of [
-    [exit, ['tunnel', 'open', 'outbound', 'tcp/bulk', '--target', `127.0.0.1:${peers.targetPort}`]],
-    [entry, ['tunnel', 'open', 'inbound', 'tcp/bulk', '--listen', `127.0.0.1:${listenPort}`]],
-  ] as const) {
-    const r = await a.cli([...args]);
-    t.equal(r.code, 0, `ztm-agent ${args.join(' ')} ${r.stderr}`);
-  }
-  // The inbound end listens once the agent has applied it; a tiny transfer proves the path.
-  const probe = await peers.transfer('probe', 64, 64, 10_000);
-  t.ok(peers.whole('probe', 64, 64, probe), 'a tiny transfer goes through');
+  const peers = await bulkTunnel(t, island, entry, exit, 'bulk');
 
   // Four connections, each 16 MiB up and 16 MiB down at once: 128 MiB over
   // sessions whose sockets hold 64 KiB. A lock-up shows as the transfers'

@@ -6,6 +6,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import type { Test } from 'tap';
+import { type BulkPeers, startBulkPeers } from './bulk-peers.js';
 import { AGENT_BIN, Daemon, HUB_BIN, type RunResult, agentCli, freePort, hubCli, testDir } from './index.js';
 import { type Site, SiteDaemon, createSite, netnsSkipReason } from './k8s.js';
 
@@ -98,4 +100,22 @@ export async function startIsland(t: T, name: string, o: IslandOptions = {}): Pr
       };
     },
   };
+}
+
+/** Bulk peers in the island and a tunnel `tcp/NAME` between them (entry's inbound end →
+ * exit's outbound end), proven by a tiny transfer. */
+export async function bulkTunnel(t: Test, island: Island, entry: IslandAgent, exit: IslandAgent, name: string): Promise<BulkPeers> {
+  const listenPort = await freePort();
+  const peers = await startBulkPeers(t, { serverPrefix: island.site.prefix, clientPrefix: island.site.prefix, listenPort });
+  for (const [a, args] of [
+    [exit, ['tunnel', 'open', 'outbound', `tcp/${name}`, '--target', `127.0.0.1:${peers.targetPort}`]],
+    [entry, ['tunnel', 'open', 'inbound', `tcp/${name}`, '--listen', `127.0.0.1:${listenPort}`]],
+  ] as const) {
+    const r = await a.cli([...args]);
+    t.equal(r.code, 0, `ztm-agent ${args.join(' ')} ${r.stderr}`);
+  }
+  // The inbound end listens once the agent has applied it; a tiny transfer proves the path.
+  const probe = await peers.transfer('probe', 64, 64, 10_000);
+  t.ok(peers.whole('probe', 64, 64, probe), 'a tiny transfer goes through');
+  return peers;
 }

@@ -41,7 +41,9 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   lastHeardAt = Date.now();
   /** When the session manager's keepalive sweep visits this session next. */
   keepaliveDue = 0;
-  pingOutstanding = false;
+  /** PINGs sent and not answered yet (answers can queue behind the agent's data). */
+  pingsOutstanding = 0;
+  lastPingSentAt = 0;
   rttMs: number | null = null;
   #control: ServerHttp2Stream | undefined;
   #reverse: ClientHttp2Session | undefined;

@@ -171,20 +171,24 @@ export class SessionManager {
         continue;
       }
       s.sweepReverse(now, pingAfter, timeout, this.#countReversePing);
-      if (!s.pingOutstanding && now - s.lastAckAt >= pingAfter) {
-        s.pingOutstanding = true;
+      // One PING per interval, also while earlier ones wait for their answers
+      // (up to 3): the agent takes our PINGs as its proof that we are alive,
+      // and on a slow uplink its answers queue behind its data.
+      if (s.pingsOutstanding < 3 && now - Math.max(s.lastAckAt, s.lastPingSentAt) >= pingAfter) {
+        s.pingsOutstanding++;
+        s.lastPingSentAt = now;
         const sentAt = now;
         this.pings.sent++;
         try {
           s.main.ping((err) => {
-            s.pingOutstanding = false;
+            s.pingsOutstanding--;
             if (!err) {
               s.lastAckAt = this.#now();
               s.rttMs = s.lastAckAt - sentAt;
             }
           });
         } catch {
-          s.pingOutstanding = false;
+          s.pingsOutstanding--;
         }
       }
       s.keepaliveDue = now + step;
