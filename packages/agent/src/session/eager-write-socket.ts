@@ -72,11 +72,6 @@ export class EagerWriteSocket extends EventEmitter {
     return this.socket.writable;
   }
 
-  /** Bytes written but not yet taken by the kernel. */
-  get queuedBytes(): number {
-    return this.socket.writableLength;
-  }
-
   pause(): this {
     this.socket.pause();
     return this;
