@@ -300,16 +300,14 @@ class Agent {
   }
 }
 
-/** One sweep timer for keepalive PINGs, as the agent sends them: only when
- * the hub has gone quiet, and now and then for the round trip (proto limits). */
-const PING_AFTER_SILENT = proto.AGENT_PING_AFTER_SILENT_INTERVALS ?? 1;
-const RTT_REFRESH_MS = proto.AGENT_RTT_REFRESH_MS ?? Number.POSITIVE_INFINITY;
+/** One sweep timer for keepalive PINGs, as the agent sends them: every
+ * interval (proto limits.ts). */
+const PING_EVERY_MS = KEEPALIVE_INTERVAL_MS;
 const sweep = setInterval(
   () => {
     const now = Date.now();
     for (const a of agents.values()) {
-      if (!a.online || a.pingOutstanding) continue;
-      if (now - a.lastAckAt < PING_AFTER_SILENT * KEEPALIVE_INTERVAL_MS && now - a.lastPingAt < RTT_REFRESH_MS) continue;
+      if (!a.online || a.pingOutstanding || now - a.lastPingAt < PING_EVERY_MS) continue;
       a.pingOutstanding = true;
       a.lastPingAt = now;
       try {

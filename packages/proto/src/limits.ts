@@ -52,24 +52,27 @@ export const http2SessionOptions = {
   maxSessionMemory: HTTP2_MAX_SESSION_MEMORY_MB,
 } as const;
 
-/** Keepalive defaults: an agent that stops answering PINGs for
- * `KEEPALIVE_TIMEOUT_MS` is offline. kill -9 of an agent closes its socket and
- * is seen at once; the timeout covers silent network loss.
+/** Keepalive defaults: a peer not heard from for `KEEPALIVE_TIMEOUT_MS` is
+ * gone. kill -9 of an agent closes its socket and is seen at once; the timeout
+ * covers silent network loss and a frozen process.
  *
- * One side drives it: the hub PINGs every agent each interval (one sweep
- * timer), and either side takes a PING from the other as proof of life. An
- * agent PINGs only when the hub has been silent for
- * `AGENT_PING_AFTER_SILENT_INTERVALS` intervals, and every `AGENT_RTT_REFRESH_MS`
- * to keep its RTT figure fresh; both sides PINGing every interval doubled the
- * hub's idle CPU at 10,000 agents. Each PING costs the hub ≈ 30 µs of CPU (a
- * TLS record each way, two syscalls, a JS callback): at 5 s, 10,000 agents
- * took 6.4 % of a core, so 10 s (3 % at 10,000) with 30 s to declare a silent
- * peer gone — ZTM's own online window is 30 s. A closed socket (kill -9, a
- * reset) is seen at once either way (docs/performance.md). */
-export const KEEPALIVE_INTERVAL_MS = 10_000;
+ * The agent drives it: it PINGs the hub every interval (the larger of its own
+ * and the one in the hub's welcome) and takes the answer, a PING of the hub's
+ * or any bytes from the hub as proof of life. The hub answers PINGs inside
+ * nghttp2, with no JavaScript, and counts any bytes from the agent as proof
+ * of life (its socket's `bytesRead`, read by one sweep timer); it PINGs only
+ * an agent it has not heard from for two intervals (or, if sooner, half an
+ * interval before the timeout): an agent of an earlier release, which PINGed
+ * only when the hub was silent, or a stuck one.
+ *
+ * Idle agents cost the hub one PING and one answer each per interval, ≈ 35 µs
+ * of its CPU each (a TLS record each way, two syscalls): at 10,000 agents that
+ * was 4.5 % of a core with the hub PINGing every 10 s, 3.5 % with the agents
+ * PINGing, and is ≈ 2.3 % at 15 s (docs/performance.md). 15 s keeps NAT and
+ * firewall state alive (their idle timeouts for TCP are minutes) with a
+ * margin of two for the 30 s timeout, which is ZTM's own online window. */
+export const KEEPALIVE_INTERVAL_MS = 15_000;
 export const KEEPALIVE_TIMEOUT_MS = 30_000;
-export const AGENT_PING_AFTER_SILENT_INTERVALS = 2;
-export const AGENT_RTT_REFRESH_MS = 60_000;
 
 /** A TLS client must finish its handshake in this time or be dropped. */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;

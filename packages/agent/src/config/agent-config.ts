@@ -11,7 +11,7 @@ export const AgentConfigSchema = z.strictObject({
   hubs: z.array(hostPortSchema).min(1).optional(),
   labels: z.record(z.string().max(63), z.string().max(255)).default({}),
   metrics: hostPortSchema.optional(),
-  keepaliveInterval: durationMs('10s'),
+  keepaliveInterval: durationMs('15s'),
   keepaliveTimeout: durationMs('30s'),
   reconnectBase: durationMs('250ms'),
   reconnectMax: durationMs('30s'),

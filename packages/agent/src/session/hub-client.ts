@@ -12,8 +12,6 @@ import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 import {
-  AGENT_PING_AFTER_SILENT_INTERVALS,
-  AGENT_RTT_REFRESH_MS,
   type AgentMessage,
   type FilesMessage,
   ALPN_REVERSE,
@@ -374,11 +372,11 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       this.#onConnectionClosed(c, 'keepalive timeout');
       return;
     }
-    // The hub PINGs us every interval (proto limits.ts): PING it ourselves only
-    // when it has gone quiet, and now and then to measure the round trip.
+    // We drive keepalive (proto limits.ts): a PING every interval; the hub
+    // PINGs us only when it has not heard from us.
     const hubInterval = Math.max(this.#o.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS, c.welcome?.keepaliveIntervalMs ?? 0);
-    const quiet = now - c.lastAckAt >= AGENT_PING_AFTER_SILENT_INTERVALS * hubInterval;
-    if (!c.pingOutstanding && (quiet || now - c.lastPingAt >= AGENT_RTT_REFRESH_MS)) {
+    const due = now - c.lastPingAt >= hubInterval;
+    if (!c.pingOutstanding && due) {
       c.pingOutstanding = true;
       c.lastPingAt = now;
       try {

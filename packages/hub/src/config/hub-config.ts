@@ -12,7 +12,7 @@ export const HubConfigSchema = z.strictObject({
   logLevel: logLevelSchema.default('info'),
   /** Opt-in Prometheus/health listener, host:port. */
   metrics: hostPortSchema.optional(),
-  keepaliveInterval: durationMs('10s'),
+  keepaliveInterval: durationMs('15s'),
   keepaliveTimeout: durationMs('30s'),
   handshakeTimeout: durationMs('10s'),
   /** Lifetime of endpoint certificates; agents renew at two thirds of it. */

@@ -80,13 +80,12 @@ export class HubMetrics {
     });
     new Counter({
       name: 'ztm_hub_keepalive_pings_total',
-      help: 'HTTP/2 PINGs on agent sessions: sent by the hub on main and reverse sessions, received from agents (an idle agent sends one a minute)',
+      help: 'HTTP/2 PINGs the hub sent: probes of agents silent for two keepalive intervals on main sessions (agents PING the hub, which answers them natively), and on reverse sessions',
       labelNames: ['direction'],
       registers,
       collect() {
         this.reset();
         this.inc({ direction: 'sent' }, sessions.pings.sent);
-        this.inc({ direction: 'received' }, sessions.pings.received);
         this.inc({ direction: 'sent_reverse' }, sessions.pings.reverse);
       },
     });

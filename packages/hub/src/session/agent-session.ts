@@ -44,7 +44,6 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   /** PINGs sent and not answered yet (answers can queue behind the agent's data). */
   pingsOutstanding = 0;
   lastPingSentAt = 0;
-  rttMs: number | null = null;
   #control: ServerHttp2Stream | undefined;
   #reverse: ClientHttp2Session | undefined;
   #reverseAckAt = 0;

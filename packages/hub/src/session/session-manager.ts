@@ -23,8 +23,9 @@ export class SessionManager {
   readonly #rr = new Map<string, number>();
   readonly #opts: SessionManagerOptions;
   readonly #timer: NodeJS.Timeout;
-  /** Keepalive PINGs since start (metrics): on main sessions, and sent on reverse sessions. */
-  readonly pings = { sent: 0, received: 0, reverse: 0 };
+  /** Keepalive PINGs the hub sent since start (metrics): probes of silent
+   * agents on main sessions, and on reverse sessions. */
+  readonly pings = { sent: 0, reverse: 0 };
   readonly #countReversePing = () => {
     this.pings.reverse++;
   };
@@ -67,11 +68,8 @@ export class SessionManager {
     session.lastAckAt = this.#now();
     session.keepaliveDue = session.lastAckAt + this.#step;
     this.#due.push(session);
-    // A PING from the agent proves it alive as well as an answer to ours.
-    session.main.on('ping', () => {
-      session.lastAckAt = this.#now();
-      this.pings.received++;
-    });
+    // No 'ping' listener: the agent's PINGs are answered inside nghttp2, and
+    // the sweep sees them as bytes read (a listener is a JS call per PING).
     this.#opts.registry.touch(session.endpoint, this.#now(), session.address);
     session.once('close', () => {
       this.setOutbound(session, []);
@@ -148,8 +146,10 @@ export class SessionManager {
     const now = this.#now();
     const { keepaliveIntervalMs: interval, keepaliveTimeoutMs: timeout } = this.#opts;
     const step = this.#step;
-    // PING once per interval: with visits every half interval, when the last
-    // sign of life is at least three quarters of an interval old.
+    // The agent PINGs every interval (proto limits.ts); PING it ourselves
+    // only when it has been silent for two, or half an interval before the
+    // timeout if that comes first; then once per interval.
+    const probeAfter = Math.min(2 * interval, timeout - step);
     const pingAfter = interval - step / 2;
     const q = this.#due;
     const end = q.length; // sessions re-queued by this sweep wait for the next one
@@ -159,10 +159,9 @@ export class SessionManager {
       if (s.keepaliveDue > now) break;
       if (s.closed || this.#byEndpoint.get(s.endpoint) !== s) continue;
       if (s.readSinceLastVisit()) s.lastHeardAt = now;
-      // Alive: an answer to a PING, a PING of its own, or any bytes from it.
-      // PINGs keep going out on their own schedule either way, so the agent
-      // hears from us even while its answers queue behind its data.
-      if (now - Math.max(s.lastAckAt, s.lastHeardAt) > timeout) {
+      // Alive: any bytes from it (its PINGs among them) or an answer to ours.
+      const silent = now - Math.max(s.lastAckAt, s.lastHeardAt);
+      if (silent > timeout) {
         s.destroy(new ZtmError(ErrorCodes.TIMEOUT, `keepalive timeout (${timeout} ms)`));
         continue;
       }
@@ -171,21 +170,17 @@ export class SessionManager {
         continue;
       }
       s.sweepReverse(now, pingAfter, timeout, this.#countReversePing);
-      // One PING per interval, also while earlier ones wait for their answers
-      // (up to 3): the agent takes our PINGs as its proof that we are alive,
-      // and on a slow uplink its answers queue behind its data.
-      if (s.pingsOutstanding < 3 && now - Math.max(s.lastAckAt, s.lastPingSentAt) >= pingAfter) {
+      // A silent agent gets one PING per interval, also while earlier ones
+      // wait for their answers (up to 3: on a slow uplink they queue behind
+      // its data).
+      if (silent >= probeAfter && s.pingsOutstanding < 3 && now - s.lastPingSentAt >= pingAfter) {
         s.pingsOutstanding++;
         s.lastPingSentAt = now;
-        const sentAt = now;
         this.pings.sent++;
         try {
           s.main.ping((err) => {
             s.pingsOutstanding--;
-            if (!err) {
-              s.lastAckAt = this.#now();
-              s.rttMs = s.lastAckAt - sentAt;
-            }
+            if (!err) s.lastAckAt = this.#now();
           });
         } catch {
           s.pingsOutstanding--;
