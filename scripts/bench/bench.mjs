@@ -14,13 +14,15 @@
 // runs only the parts named (several may be given).
 //
 // --baseline REF builds the product at git REF (once, cached) and runs it as
-// scenario `base` beside `ztm`: the before/after table of a change, one run.
+// scenario `base` beside `ztm`: the before/after table of a change, one run;
+// with --only-hub, the hub scale of both (REF's with REF's load generator).
 //
 // Needs ZTM_BENCH_RR (the compiled rr.c) and, for frp, ZTM_BENCH_FRP_BIN (a dir
 // with frps and frpc) or ZTM_BENCH_FRP_SKIP (why not).
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
 import { baselineRoot } from './lib/baseline.mjs';
 import { fileSync } from './lib/filesync.mjs';
 import { hubScale } from './lib/hubscale.mjs';
@@ -40,7 +42,7 @@ if (flag('--help') || flag('-h')) {
   console.log(
     readFileSync(new URL(import.meta.url), 'utf8')
       .split('\n')
-      .slice(0, 17)
+      .slice(0, 18)
       .join('\n')
       .replace(/^\/\/ ?/gm, ''),
   );
@@ -65,7 +67,7 @@ const doFiles = !flag('--no-files') && (doPaths || onlyParts.includes('files'));
 const doK8s = !flag('--no-k8s') && (doPaths || onlyParts.includes('k8s'));
 const cfg = quick
   ? { iperfSeconds: 2, connSeconds: 1.5, latCount: 2000, pushSeconds: 3, idleSeconds: 3, reverseCount: 0, cleanBase: false, idleIperf: false, reconnect: false }
-  : { iperfSeconds: 3, connSeconds: 1.5, latCount: 2000, pushSeconds: 5, idleSeconds: 10, reverseCount: 1000, cleanBase: true, reconnectTimeoutSec: 90 };
+  : { iperfSeconds: 3, connSeconds: 1.5, latCount: 2000, pushSeconds: 5, idleSeconds: 20, reverseCount: 1000, cleanBase: true, reconnectTimeoutSec: 90 };
 const rr = process.env.ZTM_BENCH_RR;
 if (!rr || !existsSync(rr)) {
   console.error('ZTM_BENCH_RR is not set: run scripts/bench/run, which builds the helpers');
@@ -263,6 +265,15 @@ async function main() {
   if (exiting) return;
   if (doHub && (onlyHub || wanted.includes('ztm'))) {
     try {
+      // --only-hub --baseline REF: the hub at REF first, with its own load
+      // generator (it speaks REF's protocol), then this tree's, in one run.
+      if (baselineRef && onlyHub) {
+        const b = baselineRoot(ROOT, baselineRef, log);
+        machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
+        const lg = join(b.dir, 'scripts/bench/loadgen-worker.mjs');
+        log(`hub scale, base ${machine.baseline}: ${levels.join(' / ')} idle agents`);
+        results.hubBase = await hubScale({ root: b.dir, worker: existsSync(lg) ? lg : undefined, targets, levels, log, ...cfg });
+      }
       log(`hub scale: ${levels.join(' / ')} idle agents`);
       results.hub = await hubScale({ mesh: ztmPath, targets, levels, log, ...cfg });
     } catch (err) {
@@ -345,7 +356,7 @@ function printTable(res) {
   const rows = [['scenario', ...cols.map((c) => c[1])]];
   const notes = [];
   for (const [s, o] of Object.entries(res)) {
-    if (['hub', 'meta', 'fileSync', 'k8s'].includes(s)) continue;
+    if (['hub', 'hubBase', 'meta', 'fileSync', 'k8s'].includes(s)) continue;
     if (o.skipped) {
       notes.push(`${s}: skipped (${o.skipped})`);
       continue;
@@ -360,7 +371,11 @@ function printTable(res) {
     for (const r of rows.slice(1)) console.log(line(r));
   }
   for (const n of notes) console.log(n);
-  if (res.hub) {
+  if (res.hub && res.hubBase) {
+    console.log(`\nhub scale (this tree | base ${res.meta.baseline}):`);
+    const keys = [...new Set([...Object.keys(res.hub), ...Object.keys(res.hubBase)])];
+    for (const k of keys) console.log(`  ${k.padEnd(30)} ${String(res.hub[k] ?? '-').padEnd(12)} | ${res.hubBase[k] ?? '-'}`);
+  } else if (res.hub) {
     console.log('\nhub scale:');
     for (const [k, v] of Object.entries(res.hub)) console.log(`  ${k.padEnd(28)} ${v}`);
   }

@@ -68,9 +68,12 @@ async function idleWindow(pid, ms) {
 }
 
 /** `mesh`: the ztm path of the run (its hub, agents and tunnels), or none to
- * start one. */
+ * start one from the tree at `root` (default: this one); `worker`: the load
+ * generator to run (a baseline tree's own, which speaks its protocol). */
 export async function hubScale({
   mesh: given,
+  root,
+  worker = WORKER,
   targets,
   levels,
   idleSeconds,
@@ -83,7 +86,7 @@ export async function hubScale({
   log,
 }) {
   const out = {};
-  const mesh = given ?? (await ztm(targets, { tag: 'scale' }));
+  const mesh = given ?? (await ztm(targets, { tag: root ? 'scale-base' : 'scale', root }));
   const hubPid = () => mesh.hub.pid;
   const max = Math.max(...levels);
   const nWorkers = Math.max(2, Math.min(4, Math.ceil(max / 2500)));
@@ -92,7 +95,7 @@ export async function hubScale({
     const ca = readFileSync(join(mesh.hubDir, 'ca.crt'), 'utf8');
     const [host, port] = mesh.hubAddr.split(':');
     for (let i = 0; i < nWorkers; i++) {
-      const w = forkWorker(`loadgen-${i}`, WORKER);
+      const w = forkWorker(`loadgen-${i}`, worker);
       workers.push(w);
     }
     await Promise.all(workers.map((w) => w.ready));
