@@ -2,6 +2,7 @@
  * The hub's composition root: TLS listener shared by the main session (ALPN h2)
  * and the reverse session (ALPN ztm-rev/1), enrolment, sessions, admin API.
  */
+import { constants } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import * as http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
@@ -140,7 +141,11 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
     minVersion: 'TLSv1.3',
     ALPNProtocols: [ALPN_SESSION, ALPN_REVERSE],
     handshakeTimeout: config.handshakeTimeout,
-    // Session tickets cost ≈ 4.5 KiB per idle connection and buy nothing here.
+    // Agents never resume a session. Stateless tickets cost ≈ 4.5 KiB per idle
+    // connection and ≈ 0.3 ms of each handshake (OpenSSL copies the session,
+    // client certificate included, through DER for each one); TLS 1.3 still
+    // sends stateful ones, which nothing stores.
+    secureOptions: constants.SSL_OP_NO_TICKET,
     sessionTimeout: 0,
   });
 

@@ -44,11 +44,45 @@ export async function createCa(mesh: string, lifetimeMs = 10 * 365 * 86_400_000)
   return { certPem: cert.toString('pem'), keyPem: await exportPrivateKeyPem(keys.privateKey) };
 }
 
-/** SHA-256 of the DER SubjectPublicKeyInfo, hex: binds an endpoint name to its key. */
-export function spkiSha256(cert: X509Certificate): string {
-  return createHash('sha256')
-    .update(cert.publicKey.export({ type: 'spki', format: 'der' }))
-    .digest('hex');
+/** SHA-256 of the DER SubjectPublicKeyInfo, hex: binds an endpoint name to its
+ * key (the same bytes a CSR carries, hashed by `checkCsr`). */
+export function spkiSha256(certDer: Uint8Array): string {
+  return createHash('sha256').update(spkiOfCertificate(certDer)).digest('hex');
+}
+
+/** The SubjectPublicKeyInfo of a DER certificate, as the bytes it holds: the
+ * seventh field of tbsCertificate, or the sixth without the optional version.
+ * Read straight from the DER because decoding the key into a KeyObject and
+ * encoding it again cost the hub ≈ 0.1 ms of each handshake (OpenSSL 3's
+ * decoder lookup; docs/performance.md). Throws on anything that is not a
+ * well-formed certificate of that shape. */
+export function spkiOfCertificate(der: Uint8Array): Uint8Array {
+  const tlv = (at: number, tag?: number) => {
+    if (at + 2 > der.length) throw new Error('certificate DER truncated');
+    const t = der[at] as number;
+    if (tag !== undefined && t !== tag) throw new Error(`certificate DER: tag 0x${t.toString(16)} where 0x${tag.toString(16)} expected`);
+    let len = der[at + 1] as number;
+    let head = 2;
+    if (len & 0x80) {
+      const n = len & 0x7f;
+      if (n < 1 || n > 3 || at + 2 + n > der.length) throw new Error('certificate DER: bad length');
+      len = 0;
+      for (let i = 0; i < n; i++) len = len * 256 + (der[at + 2 + i] as number);
+      head += n;
+    }
+    if (at + head + len > der.length) throw new Error('certificate DER truncated');
+    return { tag: t, start: at, body: at + head, end: at + head + len };
+  };
+  const SEQ = 0x30;
+  const certificate = tlv(0, SEQ);
+  const tbs = tlv(certificate.body, SEQ);
+  let at = tbs.body;
+  if (der[at] === 0xa0) at = tlv(at).end; // [0] version
+  at = tlv(at, 0x02).end; // serialNumber
+  for (let i = 0; i < 4; i++) at = tlv(at, SEQ).end; // signature, issuer, validity, subject
+  const spki = tlv(at, SEQ);
+  if (spki.end > tbs.end) throw new Error('certificate DER: SubjectPublicKeyInfo outside tbsCertificate');
+  return der.subarray(spki.start, spki.end);
 }
 
 export class CertificateAuthority {
@@ -167,7 +201,7 @@ export class CertificateAuthority {
     return {
       certPem: pem,
       serial: parsed.serialNumber.toUpperCase(),
-      spkiSha256: spkiSha256(parsed),
+      spkiSha256: spkiSha256(parsed.raw),
       notBefore: Date.parse(parsed.validFrom),
       notAfter: Date.parse(parsed.validTo),
     };
