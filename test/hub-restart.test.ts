@@ -9,11 +9,29 @@ import { once } from 'node:events';
 import * as tls from 'node:tls';
 import t from 'tap';
 import { ALPN_REVERSE, type EndpointInfo, encodeFrame } from '@ztm/proto';
-import { freePort, joinAgent, startAgent, startHub, waitFor } from './helpers/index.js';
-import { agentCreds, agentStatus, endpointOf, exitWithin, hubEndpoints, scope, sleep, waitOnline } from './helpers/e2e-checks.js';
+import { type HubHandle, freePort, joinAgent, startAgent, startHub, waitFor } from './helpers/index.js';
+import { type Creds, agentCreds, agentStatus, endpointOf, exitWithin, hubEndpoints, scope, sleep, waitOnline } from './helpers/e2e-checks.js';
 import { h2Session, openControl } from './helpers/e2e-wire.js';
 
 const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '3s'];
+
+/** PINGs the hub has sent (its metrics endpoint). */
+async function hubPingsSent(metricsPort: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  return Number(/^ztm_hub_keepalive_pings_total\{direction="sent"\} (\d+)/m.exec(text)?.[1] ?? Number.NaN);
+}
+
+/** A main session made by hand, online on the hub: control stream and hello,
+ * no PINGs of its own (node:http2 answers the hub's by itself). */
+async function agentByHand(t: ReturnType<typeof scope>, hub: HubHandle, name: string): Promise<{ creds: Creds }> {
+  const creds = agentCreds(await joinAgent(t, hub, name));
+  const main = await h2Session(hub.address, creds);
+  t.teardown(() => main.destroy());
+  const control = openControl(main);
+  control.stream.write(encodeFrame({ type: 'hello', version: 1, agentVersion: 'test', labels: {} }));
+  await hub.daemon.waitLog((l) => l.msg === 'endpoint online' && l.endpoint === name, 5_000);
+  return { creds };
+}
 
 // Independent hubs: run side by side.
 t.jobs = 2;
@@ -101,18 +119,14 @@ t.test('keepalive is driven by the agent; a frozen hub is noticed by the agent',
   const metricsPort = await freePort();
   const hub = await startHub(s, { serveArgs: [...KEEPALIVE, '--metrics', `127.0.0.1:${metricsPort}`] });
   const agent = await startAgent(s, hub, 'quiet', KEEPALIVE);
-  const sentByHub = async () => {
-    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-    return Number(/^ztm_hub_keepalive_pings_total\{direction="sent"\} (\d+)/m.exec(text)?.[1] ?? Number.NaN);
-  };
   // Idle for several intervals: the agent PINGs every interval and the hub,
   // hearing from it, sends none of its own (it probes only a silent agent).
   // A silent agent would get a PING every 2 s or so (three in 8 s, as
   // in the next test) and be dropped after 3 s without an answer, so staying
   // online with at most one from the hub means the agent's PINGs reached it.
-  const before = await sentByHub();
+  const before = await hubPingsSent(metricsPort);
   await sleep(8_000);
-  const after = await sentByHub();
+  const after = await hubPingsSent(metricsPort);
   t.ok(after - before <= 1, `the hub sent ${after - before} PING(s) in 8 s idle (it answers the agent's)`);
   t.equal((await agentStatus(agent)).hub.state, 'online', 'the agent stayed online');
   t.notOk(
@@ -147,16 +161,9 @@ t.test('an agent that never PINGs (an earlier release) is probed by the hub and 
   const s = scope(t, 'pr');
   const metricsPort = await freePort();
   const hub = await startHub(s, { serveArgs: [...KEEPALIVE, '--metrics', `127.0.0.1:${metricsPort}`] });
-  const creds = agentCreds(await joinAgent(s, hub, 'elder'));
-  // node:http2 answers the hub's PINGs by itself; this side sends none.
-  const main = await h2Session(hub.address, creds);
-  t.teardown(() => main.destroy());
-  const control = openControl(main);
-  control.stream.write(encodeFrame({ type: 'hello', version: 1, agentVersion: 'test', labels: {} }));
-  await hub.daemon.waitLog((l) => l.msg === 'endpoint online' && l.endpoint === 'elder', 5_000);
+  await agentByHand(s, hub, 'elder');
   await sleep(8_000);
-  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-  const sent = Number(/^ztm_hub_keepalive_pings_total\{direction="sent"\} (\d+)/m.exec(text)?.[1] ?? Number.NaN);
+  const sent = await hubPingsSent(metricsPort);
   t.ok(sent >= 2, `the hub PINGed the silent agent (${sent} in 8 s; keepalive 1 s, a PING after 2 s of silence)`);
   t.equal((await endpointOf(hub, 'elder', true))?.online, true, 'still online after more than the 3 s timeout');
 });
@@ -164,13 +171,7 @@ t.test('an agent that never PINGs (an earlier release) is probed by the hub and 
 t.test('a reverse session that stops answering is dropped; the main session stays', async (t) => {
   const s = scope(t, 'rv');
   const hub = await startHub(s, { serveArgs: KEEPALIVE });
-  const creds = agentCreds(await joinAgent(s, hub, 'stuck'));
-  // The main session, by hand: control stream, hello, online.
-  const main = await h2Session(hub.address, creds);
-  t.teardown(() => main.destroy());
-  const control = openControl(main);
-  control.stream.write(encodeFrame({ type: 'hello', version: 1, agentVersion: 'test', labels: {} }));
-  await hub.daemon.waitLog((l) => l.msg === 'endpoint online' && l.endpoint === 'stuck', 5_000);
+  const { creds } = await agentByHand(s, hub, 'stuck');
   // A reverse session whose far end completes TLS and then says nothing at
   // all, as a peer locked up in both directions would: no SETTINGS, no PING
   // answers.
