@@ -41,9 +41,8 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   lastHeardAt = Date.now();
   /** When the session manager's keepalive sweep visits this session next. */
   keepaliveDue = 0;
-  /** PINGs sent and not answered yet (answers can queue behind the agent's data). */
-  pingsOutstanding = 0;
-  lastPingSentAt = 0;
+  /** A PING of ours to this (silent) agent waits for its answer. */
+  pingOutstanding = false;
   #control: ServerHttp2Stream | undefined;
   #reverse: ClientHttp2Session | undefined;
   #reverseAckAt = 0;

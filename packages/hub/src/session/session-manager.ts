@@ -148,7 +148,7 @@ export class SessionManager {
     const step = this.#step;
     // The agent PINGs every interval (proto limits.ts); PING it ourselves
     // only when it has been silent for two, or half an interval before the
-    // timeout if that comes first; then once per interval.
+    // timeout if that comes first. `pingAfter` paces the reverse sessions.
     const probeAfter = Math.min(2 * interval, timeout - step);
     const pingAfter = interval - step / 2;
     const q = this.#due;
@@ -170,20 +170,19 @@ export class SessionManager {
         continue;
       }
       s.sweepReverse(now, pingAfter, timeout, this.#countReversePing);
-      // A silent agent gets one PING per interval, also while earlier ones
-      // wait for their answers (up to 3: on a slow uplink they queue behind
-      // its data).
-      if (silent >= probeAfter && s.pingsOutstanding < 3 && now - s.lastPingSentAt >= pingAfter) {
-        s.pingsOutstanding++;
-        s.lastPingSentAt = now;
+      // A silent agent gets a PING; its answer ends the silence. (An agent
+      // that sends anything is not silent, so no answer of its queues behind
+      // its data: one PING at a time is enough.)
+      if (silent >= probeAfter && !s.pingOutstanding) {
+        s.pingOutstanding = true;
         this.pings.sent++;
         try {
           s.main.ping((err) => {
-            s.pingsOutstanding--;
+            s.pingOutstanding = false;
             if (!err) s.lastAckAt = this.#now();
           });
         } catch {
-          s.pingsOutstanding--;
+          s.pingOutstanding = false;
         }
       }
       s.keepaliveDue = now + step;
