@@ -121,12 +121,22 @@ t.test('HTTP/2 streams get the data high-water marks', async (t) => {
 t.test('an HTTP/2 session destroyed mid-stream resets the TCP side, never a clean end', async (t) => {
   // A stream of a session destroyed without an error emits 'end' (node:http2
   // pushes EOF on destroy): that must not reach the client as a FIN.
+  // The server sends a few chunks and then holds the stream open (no
+  // END_STREAM), and the client has read them all before the session goes: a
+  // reset that arrives with unread data is reported by libuv as a clean EOF
+  // (a short read and POLLHUP in one wakeup), which this test could not tell
+  // from a FIN (strace showed the splice's SO_LINGER 0 close in those runs).
+  const chunks = 10;
   for (const halfClosed of [false, true]) {
     const server = http2.createServer();
     server.on('stream', (s) => {
       s.respond({ ':status': 200 });
       s.on('data', () => {});
-      const timer = setInterval(() => s.write(Buffer.alloc(1000)), 2);
+      let sent = 0;
+      const timer = setInterval(() => {
+        s.write(Buffer.alloc(1000));
+        if (++sent === chunks) clearInterval(timer);
+      }, 2);
       s.on('close', () => clearInterval(timer));
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -146,11 +156,17 @@ t.test('an HTTP/2 session destroyed mid-stream resets the TCP side, never a clea
       client.on('error', (e: NodeJS.ErrnoException) => resolve(`error ${e.code}`));
       client.on('close', () => resolve(ended ? 'clean end' : 'closed'));
     });
-    client.resume();
+    let received = 0;
+    const allRead = new Promise<void>((resolve) =>
+      client.on('data', (c: Buffer) => {
+        received += c.length;
+        if (received === chunks * 1000) resolve();
+      }),
+    );
     if (halfClosed) client.end();
     else client.write('x');
     await new Promise((r) => req.once('response', r));
-    await new Promise((r) => setTimeout(r, 30));
+    await allRead;
     session.destroy();
     t.equal((await done).end, 'reset', `${halfClosed ? 'half-closed' : 'open'}: the splice ended in a reset`);
     t.match(await seen, /error ECONNRESET|closed/, `${halfClosed ? 'half-closed' : 'open'}: the client saw a reset, not a clean end`);
