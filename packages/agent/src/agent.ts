@@ -20,6 +20,7 @@ import {
   readJsonBody,
   respondJson,
   respondError,
+  installLeanAsyncResourceBind,
 } from '@ztm/proto';
 import type { AgentConfig } from './config/agent-config.js';
 import { type AgentIdentity, certificateTimes } from './identity/identity-store.js';
@@ -52,6 +53,9 @@ export interface Agent {
 }
 
 export function createAgent(config: AgentConfig, deps: AgentDeps): Agent {
+  // Every tunnelled connection opens HTTP/2 streams: drop Node 20's
+  // per-stream deprecation wrappers (proto node-compat.ts).
+  installLeanAsyncResourceBind();
   const base = deps.logger.child({ endpoint: deps.identity.endpoint });
   const log = base.child({ component: 'agent' });
   const identity = config.hubs ? { ...deps.identity, hubs: [...config.hubs] } : deps.identity;

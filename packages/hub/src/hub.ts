@@ -29,6 +29,7 @@ import {
   readStreamJson,
   respondError,
   respondJson,
+  installLeanAsyncResourceBind,
 } from '@ztm/proto';
 import { type OperationsContext, createPermit, listEndpoints, revokeEndpoint } from './admin/operations.js';
 import type { CertificateAuthority, KeyAndCert } from './ca/certificate-authority.js';
@@ -72,6 +73,9 @@ export interface Hub {
 }
 
 export function createHub(config: HubConfig, deps: HubDeps): Hub {
+  // Every tunnelled connection opens HTTP/2 streams: drop Node 20's
+  // per-stream deprecation wrappers (proto node-compat.ts).
+  installLeanAsyncResourceBind();
   const log = deps.logger.child({ component: 'hub' });
   const mesh = deps.ca.mesh;
   const sessions = new SessionManager({

@@ -16,3 +16,4 @@ export * from './h2-io.js';
 export * from './mcs.js';
 export * from './metrics-http.js';
 export * from './files.js';
+export * from './node-compat.js';
