@@ -27,7 +27,7 @@ import { baselineRoot } from './lib/baseline.mjs';
 import { fileSync } from './lib/filesync.mjs';
 import { hubScale } from './lib/hubscale.mjs';
 import { k8sExportImport } from './lib/k8s.mjs';
-import { MALLOC, ROOT, direct, frp, ssh, startTargets, stunnel, ztm } from './lib/paths.mjs';
+import { MALLOC, ROOT, direct, frp, node3, ssh, startTargets, stunnel, ztm } from './lib/paths.mjs';
 import { cleanupAll, loadAverage, runDir, stop } from './lib/procs.mjs';
 import { connRate, iperf, latency, pushMemory } from './lib/workloads.mjs';
 
@@ -50,7 +50,9 @@ if (flag('--help') || flag('-h')) {
 }
 const quick = flag('--quick');
 const jsonFile = opt('--json');
-const allPaths = ['direct', 'ztm', 'ssh', 'stunnel', 'stunnel1', 'frp'];
+// node3tcp (the node3 processes without TLS) only when asked for: it would
+// take the full run past 15 minutes.
+const allPaths = ['direct', 'ztm', 'ssh', 'stunnel', 'stunnel1', 'frp', 'node3'];
 const baselineRef = opt('--baseline');
 const wanted = opt('--scenarios', quick ? 'direct,ztm' : allPaths.join(',')).split(',');
 if (baselineRef && !wanted.includes('base')) wanted.splice(wanted.indexOf('ztm') + 1, 0, 'base');
@@ -143,7 +145,7 @@ async function main() {
   const paths = [];
   if (doPaths) {
     for (const name of wanted) {
-      if (name === 'stunnel1') continue; // comes with stunnel
+      if (name === 'stunnel1' || name === 'node3tcp') continue; // come with stunnel, node3
       try {
         log(`starting ${name}`);
         if (name === 'direct') paths.push(await direct(targets));
@@ -160,6 +162,10 @@ async function main() {
           const [two, one] = await stunnel(targets);
           paths.push(two);
           if (wanted.includes('stunnel1')) paths.push(one);
+        } else if (name === 'node3') {
+          const [withTls, plain] = await node3(targets);
+          paths.push(withTls);
+          if (wanted.includes('node3tcp')) paths.push(plain);
         } else if (name === 'frp') {
           if (process.env.ZTM_BENCH_FRP_SKIP || !process.env.ZTM_BENCH_FRP_BIN) throw new Error(process.env.ZTM_BENCH_FRP_SKIP || 'frp not built');
           paths.push(await frp(targets, process.env.ZTM_BENCH_FRP_BIN));

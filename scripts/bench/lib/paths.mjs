@@ -385,6 +385,59 @@ export async function stunnel(targets) {
   ];
 }
 
+// ---- node3: three Node processes that only pipe ----
+/** `node3` (TLS on both hops, like `stunnel`) and `node3tcp` (plain TCP) on the
+ * same three processes of scripts/bench/node-relay.mjs: entry → relay → exit
+ * → target, `socket.pipe()` and nothing else. Not a product a user would pick
+ * but the floor under any relay made of three Node processes (event-loop
+ * turns, wake-ups, TLS records): what ztm adds above it is its own. */
+export async function node3(targets) {
+  const dir = join(runDir(), 'node3');
+  mkdirSync(dir, { recursive: true });
+  const pki = await selfSignedCert(dir);
+  const ip = await iperfServer('node3');
+  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  const hops = { entry: [], relay: [], exit: [] };
+  const ports = {};
+  const portsTcp = {};
+  for (const t of TARGETS) {
+    for (const [tls, into] of [
+      [true, ports],
+      [false, portsTcp],
+    ]) {
+      const [l, mid, x] = [await freePort(), await freePort(), await freePort()];
+      into[t] = l;
+      hops.entry.push({ accept: l, connect: mid, tlsIn: false, tlsOut: tls });
+      hops.relay.push({ accept: mid, connect: x, tlsIn: tls, tlsOut: tls });
+      hops.exit.push({ accept: x, connect: targetPorts[t], tlsIn: tls, tlsOut: false });
+    }
+  }
+  const script = join(ROOT, 'scripts/bench/node-relay.mjs');
+  const nodeArgs = binNodeArgs(HUB_BIN);
+  const procs = {};
+  for (const name of ['exit', 'relay', 'entry']) {
+    const file = join(dir, `${name}.json`);
+    writeFileSync(file, JSON.stringify({ key: pki.key, cert: pki.cert, services: hops[name] }));
+    procs[name] = start(`node3-${name}`, node, [...nodeArgs, script, file]);
+  }
+  await probeEcho(ports.echo);
+  await probeEcho(portsTcp.echo);
+  const roles = { entry: procs.entry.pid, relay: procs.relay.pid, exit: procs.exit.pid };
+  return [
+    {
+      name: 'node3',
+      ports,
+      roles,
+      notes: 'three Node processes, socket.pipe() only: entry → (TLS) relay → (TLS) exit → target; the floor of a 3-process Node relay with TLS',
+      async stop() {
+        for (const h of Object.values(procs)) await stop(h);
+        await stop(ip.h);
+      },
+    },
+    { name: 'node3tcp', ports: portsTcp, roles, notes: 'the same three Node processes, plain TCP on both hops', stop: async () => {} },
+  ];
+}
+
 // ---- frp stcp ----
 export async function frp(targets, binDir) {
   const dir = join(runDir(), 'frp');
