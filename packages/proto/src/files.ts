@@ -15,8 +15,9 @@
  * memory). A name may be replaced or removed only by the user that first
  * published it.
  */
-import { createHash } from 'node:crypto';
+import { type Hash, createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ErrorCodes, ZtmError } from './errors.js';
 
@@ -69,6 +70,32 @@ export async function sha256OfFile(path: string): Promise<string> {
   const h = createHash('sha256');
   await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), h);
   return h.digest('hex');
+}
+
+/** A SHA-256 in progress over the first `bytes` bytes of a file (none: a fresh
+ * one, the file not read), for a transfer that resumes at `bytes` and hashes
+ * the rest as it streams (`hashingTap`): each byte is hashed once, while it
+ * passes, instead of in a second pass over the finished file. */
+export async function sha256OfPrefix(path: string, bytes: number): Promise<Hash> {
+  const h = createHash('sha256');
+  if (bytes <= 0) return h;
+  let read = 0;
+  for await (const chunk of createReadStream(path, { start: 0, end: bytes - 1, highWaterMark: 1024 * 1024 })) {
+    h.update(chunk as Buffer);
+    read += (chunk as Buffer).length;
+  }
+  if (read !== bytes) throw new Error(`${path} has ${read} bytes, fewer than the ${bytes} to resume from`);
+  return h;
+}
+
+/** A pass-through stage that feeds every chunk to `hash` on its way. */
+export function hashingTap(hash: Hash): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      cb(null, chunk);
+    },
+  });
 }
 
 /** Bytes of entries per catalogue frame: well under MAX_CONTROL_FRAME_BYTES

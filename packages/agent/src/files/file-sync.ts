@@ -5,6 +5,7 @@
  * renamed into place, removed again on a tombstone. A file never appears
  * under its final name unless it is whole and verified.
  */
+import type { Hash } from 'node:crypto';
 import { chmod, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
 import type { ClientHttp2Stream } from 'node:http2';
@@ -18,8 +19,10 @@ import {
   type FilesMessage,
   ZtmError,
   fromWire,
+  hashingTap,
   readJsonBody,
   sha256OfFile,
+  sha256OfPrefix,
   validateFileName,
 } from '@ztm/proto';
 import { writeFileAtomic } from '../identity/identity-store.js';
@@ -211,6 +214,7 @@ export class FileSync {
       offset = 0;
     }
     if (entry.size === 0) await writeFile(partial, '');
+    let hash: Hash | undefined; // set when bytes are fetched; else the file on disk is hashed
     if (offset < entry.size) {
       const req = this.#session().request({ ':method': 'GET', ':path': FilePaths.content(entry.sha256), range: `bytes=${offset}-` });
       req.end();
@@ -222,10 +226,13 @@ export class FileSync {
       if (status >= 400) throw fromWire(await readJsonBody(req).catch(() => undefined), status);
       if (status === 200) offset = 0; // the hub sent it all: start over
       if (offset > 0) this.#o.log.info({ file: entry.name, offset }, 'resuming file download');
-      await pipeline(req, createWriteStream(partial, { flags: offset > 0 ? 'a' : 'w', mode: 0o600 }));
+      // Verified as it streams (after the bytes already here when resuming):
+      // the finished file is not read a second time.
+      hash = await sha256OfPrefix(partial, offset);
+      await pipeline(req, hashingTap(hash), createWriteStream(partial, { flags: offset > 0 ? 'a' : 'w', mode: 0o600 }));
     }
     const size = (await stat(partial)).size;
-    const actual = size === entry.size ? await sha256OfFile(partial) : '';
+    const actual = size !== entry.size ? '' : hash ? hash.digest('hex') : await sha256OfFile(partial);
     if (actual !== entry.sha256) {
       await rm(partial, { force: true });
       this.verifyFailures++;

@@ -8,7 +8,7 @@ import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync,
 import { join } from 'node:path';
 import { PassThrough, type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ErrorCodes, SHA256_HEX, ZtmError, sha256OfFile } from '@ztm/proto';
+import { ErrorCodes, SHA256_HEX, ZtmError, sha256OfPrefix } from '@ztm/proto';
 import { freeBytes, isStorageErrno, storageProblem } from '../registry/storage.js';
 
 export class ContentStore {
@@ -58,7 +58,8 @@ export class ContentStore {
   }
 
   /** Append `body` at `offset` to the partial upload; when it reaches `size`,
-   * verify the SHA-256 of the whole and move it into the store. The body is
+   * verify the SHA-256 of the whole (hashed as it arrived) and move it into
+   * the store. The body is
    * never destroyed here, so the caller can still answer with an error. */
   async append(sha256: string, offset: number, size: number, body: Readable, maxBytes: number): Promise<{ complete: boolean; received: number }> {
     this.#check(sha256);
@@ -74,12 +75,16 @@ export class ContentStore {
       throw new ZtmError(ErrorCodes.STORAGE, `not enough space on the hub: the upload needs ${size - have} more bytes, its file store has ${free} bytes free`);
     }
     const p = join(this.#partial, sha256);
+    // Verified as it streams (after the bytes already here, for a resumed
+    // upload): the finished file is not read a second time.
+    const hash = await sha256OfPrefix(p, have);
     let written = have;
     const guard = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         written += chunk.length;
-        if (written > size) cb(new ZtmError(ErrorCodes.BAD_REQUEST, `upload is longer than its declared ${size} bytes`));
-        else cb(null, chunk);
+        if (written > size) return cb(new ZtmError(ErrorCodes.BAD_REQUEST, `upload is longer than its declared ${size} bytes`));
+        hash.update(chunk);
+        cb(null, chunk);
       },
     });
     // pipeline() destroys every stream on an error: keep the body (the HTTP/2
@@ -107,7 +112,7 @@ export class ContentStore {
       body.unpipe(copy);
     }
     if (written < size) return { complete: false, received: written };
-    const actual = await sha256OfFile(p);
+    const actual = hash.digest('hex');
     if (actual !== sha256) {
       unlinkSync(p);
       throw new ZtmError(ErrorCodes.BAD_REQUEST, `uploaded bytes hash to ${actual}, not ${sha256}; upload discarded`);
