@@ -15,7 +15,8 @@
 //
 // --baseline REF builds the product at git REF (once, cached) and runs it as
 // scenario `base` beside `ztm`: the before/after table of a change, one run;
-// with --only-hub, the hub scale of both (REF's with REF's load generator).
+// with --only-hub, the hub scale of both (REF's with REF's load generator);
+// with --only-files, the file sync of both.
 //
 // Needs ZTM_BENCH_RR (the compiled rr.c) and, for frp, ZTM_BENCH_FRP_BIN (a dir
 // with frps and frpc) or ZTM_BENCH_FRP_SKIP (why not).
@@ -146,33 +147,42 @@ async function main() {
   if (doPaths) {
     for (const name of wanted) {
       if (name === 'stunnel1' || name === 'node3tcp') continue; // come with stunnel, node3
-      try {
-        log(`starting ${name}`);
-        if (name === 'direct') paths.push(await direct(targets));
-        else if (name === 'ztm') paths.push(await ztm(targets));
-        else if (name === 'base') {
-          if (!baselineRef) throw new Error('scenario base needs --baseline REF');
-          const b = baselineRoot(ROOT, baselineRef, log);
-          machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
-          const p = await ztm(targets, { tag: 'base', root: b.dir });
-          p.notes = `the ztm path built at ${machine.baseline}`;
-          paths.push(p);
-        } else if (name === 'ssh') paths.push(await ssh(targets));
-        else if (name === 'stunnel') {
-          const [two, one] = await stunnel(targets);
-          paths.push(two);
-          if (wanted.includes('stunnel1')) paths.push(one);
-        } else if (name === 'node3') {
-          const [withTls, plain] = await node3(targets);
-          paths.push(withTls);
-          if (wanted.includes('node3tcp')) paths.push(plain);
-        } else if (name === 'frp') {
-          if (process.env.ZTM_BENCH_FRP_SKIP || !process.env.ZTM_BENCH_FRP_BIN) throw new Error(process.env.ZTM_BENCH_FRP_SKIP || 'frp not built');
-          paths.push(await frp(targets, process.env.ZTM_BENCH_FRP_BIN));
-        } else throw new Error(`unknown scenario ${name}`);
-      } catch (err) {
-        log(`${name}: skipped: ${err.message}`);
-        results[name] = { skipped: err.message.slice(0, 300) };
+      // A peer that does not come up is tried once more on new ports: a free
+      // port picked at the start can be taken (by an outgoing connection's
+      // ephemeral port) before the peer binds it, and stunnel then exits.
+      for (let attempt = 1; attempt <= 2; attempt++) {
+        try {
+          log(`starting ${name}${attempt > 1 ? ` (attempt ${attempt})` : ''}`);
+          if (name === 'direct') paths.push(await direct(targets));
+          else if (name === 'ztm') paths.push(await ztm(targets));
+          else if (name === 'base') {
+            if (!baselineRef) throw new Error('scenario base needs --baseline REF');
+            const b = baselineRoot(ROOT, baselineRef, log);
+            machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
+            const p = await ztm(targets, { tag: 'base', root: b.dir });
+            p.notes = `the ztm path built at ${machine.baseline}`;
+            paths.push(p);
+          } else if (name === 'ssh') paths.push(await ssh(targets));
+          else if (name === 'stunnel') {
+            const [two, one] = await stunnel(targets);
+            paths.push(two);
+            if (wanted.includes('stunnel1')) paths.push(one);
+          } else if (name === 'node3') {
+            const [withTls, plain] = await node3(targets);
+            paths.push(withTls);
+            if (wanted.includes('node3tcp')) paths.push(plain);
+          } else if (name === 'frp') {
+            if (process.env.ZTM_BENCH_FRP_SKIP || !process.env.ZTM_BENCH_FRP_BIN) throw new Error(process.env.ZTM_BENCH_FRP_SKIP || 'frp not built');
+            paths.push(await frp(targets, process.env.ZTM_BENCH_FRP_BIN));
+          } else throw new Error(`unknown scenario ${name}`);
+          delete results[name];
+          break;
+        } catch (err) {
+          const retry = attempt === 1 && /no echo through port/.test(err.message);
+          log(`${name}: ${retry ? 'did not come up, trying again' : 'skipped'}: ${err.message}`);
+          results[name] = { skipped: err.message.slice(0, 300) };
+          if (!retry) break;
+        }
       }
     }
   }
@@ -291,6 +301,13 @@ async function main() {
   if (ztmPath) await ztmPath.stop();
 
   // ---- file sync and Kubernetes ----
+  // --only-files --baseline REF: file sync of the product at REF first, then
+  // of this tree, in one run (scp beside each).
+  if (!exiting && baselineRef && onlyParts.includes('files') && doFiles) {
+    const b = baselineRoot(ROOT, baselineRef, log);
+    machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
+    results.fileSyncBase = await fileSyncHook({ root: b.dir, tag: 'files-base', what: `base ${machine.baseline}` });
+  }
   if (!exiting) results.fileSync = await fileSyncHook();
   if (!exiting) results.k8s = await k8sHook();
 
@@ -310,13 +327,13 @@ async function main() {
  * agents, until all three have it verified, beside `scp` of the same file to
  * one host (lib/filesync.mjs). Repeated with a new file each time (3 × in the
  * full run), medians. */
-async function fileSyncHook() {
+async function fileSyncHook({ root = ROOT, tag = 'files', what = 'this tree' } = {}) {
   if (!doFiles) return { skipped: flag('--no-files') ? '--no-files' : 'not asked for (--only-…)' };
   const mib = Number(opt('--files-mib', quick ? 64 : 256));
   const n = Number(opt('--files-repeats', quick ? 1 : 3));
-  log(`file sync: ${mib} MiB to 3 agents, ${n} time(s), beside scp`);
+  log(`file sync (${what}): ${mib} MiB to 3 agents, ${n} time(s), beside scp`);
   try {
-    return await fileSync({ mib, repeats: n, timeoutSec: quick ? 60 : 180, log });
+    return await fileSync({ mib, repeats: n, timeoutSec: quick ? 60 : 180, log, root, tag });
   } catch (err) {
     if (exiting) return { error: 'interrupted' };
     log(`file sync failed: ${err.stack ?? err.message}`);
@@ -362,7 +379,7 @@ function printTable(res) {
   const rows = [['scenario', ...cols.map((c) => c[1])]];
   const notes = [];
   for (const [s, o] of Object.entries(res)) {
-    if (['hub', 'hubBase', 'meta', 'fileSync', 'k8s'].includes(s)) continue;
+    if (['hub', 'hubBase', 'meta', 'fileSync', 'fileSyncBase', 'k8s'].includes(s)) continue;
     if (o.skipped) {
       notes.push(`${s}: skipped (${o.skipped})`);
       continue;
@@ -385,7 +402,8 @@ function printTable(res) {
     console.log('\nhub scale:');
     for (const [k, v] of Object.entries(res.hub)) console.log(`  ${k.padEnd(28)} ${v}`);
   }
-  printFileSync(res.fileSync);
+  if (res.fileSyncBase) printFileSync(res.fileSyncBase, `base ${res.meta.baseline}`);
+  printFileSync(res.fileSync, res.fileSyncBase ? 'this tree' : undefined);
   printK8s(res.k8s);
   const m = res.meta;
   console.log(
@@ -393,11 +411,12 @@ function printTable(res) {
   );
 }
 
-function printFileSync(f) {
+function printFileSync(f, which) {
   if (!f) return;
-  if (f.skipped || f.error) return console.log(`\nfile sync: ${f.skipped ? `skipped (${f.skipped})` : `failed (${f.error})`}`);
+  const tree = which ? `, ${which}` : '';
+  if (f.skipped || f.error) return console.log(`\nfile sync${tree}: ${f.skipped ? `skipped (${f.skipped})` : `failed (${f.error})`}`);
   const s = (x) => (x == null ? '-' : `${x} s`);
-  console.log(`\nfile sync (${f.mib} MiB, hub → 3 agents, SHA-256 verified on disk; median of ${f.repeats}):`);
+  console.log(`\nfile sync (${f.mib} MiB, hub → 3 agents, SHA-256 verified on disk; median of ${f.repeats}${tree}):`);
   console.log(`  publish (CLI returns)        ${s(f.publishSec)}   (hub lists it after ${s(f.hubListedSec)})`);
   console.log(
     `  on all 3 agents              ${s(f.allThreeSec)}   (per agent ${f.perAgentSec.map((x) => x ?? '-').join(' / ')}; ${f.deliveredMiBps ?? '-'} MiB/s delivered in all)`,

@@ -11,7 +11,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { AGENT_BIN, binNodeArgs, initHub, startSshd } from './paths.mjs';
+import { ROOT, binNodeArgs, initHub, startSshd } from './paths.mjs';
 import { runCmd, runDir, sleep, start, stop, waitLog } from './procs.mjs';
 
 const node = process.execPath;
@@ -78,7 +78,7 @@ function adminGet(socketPath, path, timeoutMs = 5000) {
 }
 
 /** Why this cannot run here, or null. */
-export async function fileSyncSkipReason() {
+export async function fileSyncSkipReason(AGENT_BIN = join(ROOT, 'packages/agent/bin/ztm-agent.js')) {
   const help = await runCmd(node, [AGENT_BIN, '--help']).catch((e) => e.message);
   if (!/\bpublish\b/.test(help)) return 'ztm-agent has no publish command';
   if (!/\bfiles\b/.test(help)) return 'ztm-agent has no files command';
@@ -86,13 +86,16 @@ export async function fileSyncSkipReason() {
 }
 
 /**
- * @param {{ mib: number, repeats?: number, scp?: boolean, timeoutSec?: number, log: (m: string) => void }} o
+ * `root`: the tree whose hub and agents run (a `--baseline` build); `tag`
+ * names its processes and directory.
+ * @param {{ mib: number, repeats?: number, scp?: boolean, timeoutSec?: number, log: (m: string) => void, root?: string, tag?: string }} o
  * @returns {Promise<object>} `{ mib, publishSec, allThreeSec, perAgentSec, scpSec, ratioToScp, … }` or `{ skipped }`
  */
-export async function fileSync({ mib, repeats = 1, scp = true, timeoutSec = 180, log }) {
-  const skip = await fileSyncSkipReason();
+export async function fileSync({ mib, repeats = 1, scp = true, timeoutSec = 180, log, root = ROOT, tag = 'files' }) {
+  const AGENT_BIN = join(root, 'packages/agent/bin/ztm-agent.js');
+  const skip = await fileSyncSkipReason(AGENT_BIN);
   if (skip) return { skipped: skip };
-  const base = join(runDir(), 'files');
+  const base = join(runDir(), tag);
   await mkdir(base, { recursive: true });
   let hub;
   const procs = [];
@@ -105,7 +108,7 @@ export async function fileSync({ mib, repeats = 1, scp = true, timeoutSec = 180,
       try {
         await runCmd('sh', ['-c', 'command -v scp && command -v ssh-keygen && test -x /usr/sbin/sshd']);
         // scp of OpenSSH ≥ 9 speaks SFTP: the server needs the subsystem.
-        sshd = await startSshd('files-sshd', { extraConfig: ['Subsystem sftp internal-sftp'] });
+        sshd = await startSshd(`${tag}-sshd`, { extraConfig: ['Subsystem sftp internal-sftp'] });
         procs.push(sshd.sshd);
         await mkdir(join(base, 'scp-dest'), { recursive: true });
         return null;
@@ -116,14 +119,14 @@ export async function fileSync({ mib, repeats = 1, scp = true, timeoutSec = 180,
 
     // ---- the mesh: hub, publisher, 3 receivers ----
     const names = ['pub', ...RECEIVERS];
-    const { serve, permits } = await initHub({ tag: 'files', base, names, mesh: 'benchfiles' });
+    const { serve, permits } = await initHub({ tag, base, names, mesh: 'benchfiles', root });
     hub = serve();
     await waitLog(hub, /"hub listening"/);
     const dirs = Object.fromEntries(names.map((n) => [n, join(base, n)]));
     await Promise.all(names.map((n) => runCmd(node, [AGENT_BIN, 'join', '--permit', permits[n], '--data', dirs[n]])));
     const agents = {};
     for (const n of names) {
-      agents[n] = start(`files-agent-${n}`, node, [...binNodeArgs(AGENT_BIN), AGENT_BIN, 'run', '--data', dirs[n]]);
+      agents[n] = start(`${tag}-agent-${n}`, node, [...binNodeArgs(AGENT_BIN), AGENT_BIN, 'run', '--data', dirs[n]]);
       procs.push(agents[n]);
     }
     for (const n of names) await waitLog(agents[n], /"msg":"online"/);
@@ -139,7 +142,7 @@ export async function fileSync({ mib, repeats = 1, scp = true, timeoutSec = 180,
       const src = join(base, name);
       const sha256 = await randomFile(src, mib);
       const rep = { name };
-      await measureZtm(rep, { src, sha256, dirs, agents, timeoutSec, log });
+      await measureZtm(rep, { agentBin: AGENT_BIN, src, sha256, dirs, agents, timeoutSec, log });
       // Each received copy, hashed here again.
       for (const n of RECEIVERS) {
         const copy = join(dirs[n], 'files', name);
@@ -232,13 +235,13 @@ export async function fileSync({ mib, repeats = 1, scp = true, timeoutSec = 180,
 /** One publish: from `publish file` started until the 3 receivers list the
  * file as present with the right SHA-256. Fills rep.{publishSec,
  * allThreeSec, perAgentSec, hubListedSec}. */
-async function measureZtm(rep, { src, sha256, dirs, agents, timeoutSec, log }) {
+async function measureZtm(rep, { agentBin, src, sha256, dirs, agents, timeoutSec, log }) {
   const startedWall = Date.now();
   const t0 = performance.now();
   const done = {};
   const seen = {};
   let publishError = null;
-  const publish = runCmd(node, [AGENT_BIN, 'publish', 'file', src, '--as', rep.name, '--data', dirs.pub, '--json'], { timeoutMs: timeoutSec * 1000 }).then(
+  const publish = runCmd(node, [agentBin, 'publish', 'file', src, '--as', rep.name, '--data', dirs.pub, '--json'], { timeoutMs: timeoutSec * 1000 }).then(
     (out) => {
       rep.publishSec = (performance.now() - t0) / 1000;
       const e = JSON.parse(out);
