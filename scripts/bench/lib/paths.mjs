@@ -319,6 +319,15 @@ async function selfSignedCert(dir) {
   return { key, cert };
 }
 
+/** A TLS peer's working dir, certificate, own iperf3 server and target ports. */
+async function tlsPeerSetup(name, targets) {
+  const dir = join(runDir(), name);
+  mkdirSync(dir, { recursive: true });
+  const pki = await selfSignedCert(dir);
+  const ip = await iperfServer(name);
+  return { dir, pki, ip, targetPorts: { iperf: ip.port, echo: targets.echo, sink: targets.sink } };
+}
+
 function stunnelConf(dir, name, services, pki) {
   const lines = ['foreground = yes', 'pid =', 'debug = 3', 'socket = l:TCP_NODELAY=1', 'socket = r:TCP_NODELAY=1', ''];
   for (const s of services) {
@@ -335,11 +344,7 @@ function stunnelConf(dir, name, services, pki) {
 /** Also returns `stunnel1`, the one-TLS-leg variant (entry → exit) on the
  * same processes, as a reference. */
 export async function stunnel(targets) {
-  const dir = join(runDir(), 'stunnel');
-  mkdirSync(dir, { recursive: true });
-  const pki = await selfSignedCert(dir);
-  const ip = await iperfServer('stunnel');
-  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  const { pki, ip, targetPorts, dir } = await tlsPeerSetup('stunnel', targets);
   const entry = [];
   const relay = [];
   const exit = [];
@@ -392,11 +397,7 @@ export async function stunnel(targets) {
  * but the floor under any relay made of three Node processes (event-loop
  * turns, wake-ups, TLS records): what ztm adds above it is its own. */
 export async function node3(targets) {
-  const dir = join(runDir(), 'node3');
-  mkdirSync(dir, { recursive: true });
-  const pki = await selfSignedCert(dir);
-  const ip = await iperfServer('node3');
-  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  const { pki, ip, targetPorts, dir } = await tlsPeerSetup('node3', targets);
   const hops = { entry: [], relay: [], exit: [] };
   const ports = {};
   const portsTcp = {};

@@ -59,8 +59,8 @@ export class ContentStore {
 
   /** Append `body` at `offset` to the partial upload; when it reaches `size`,
    * verify the SHA-256 of the whole (hashed as it arrived) and move it into
-   * the store. The body is
-   * never destroyed here, so the caller can still answer with an error. */
+   * the store. The body is never destroyed here, so the caller can still
+   * answer with an error. */
   async append(sha256: string, offset: number, size: number, body: Readable, maxBytes: number): Promise<{ complete: boolean; received: number }> {
     this.#check(sha256);
     if (this.has(sha256)) {
