@@ -114,3 +114,30 @@ export function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) * 1024 : 0;
 }
+
+/** TCP states (include/net/tcp_states.h) that follow a FIN from the peer. */
+const AFTER_PEER_FIN = new Set(['08', '09', '0B', '06']); // CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT
+
+/**
+ * For a connected socket `s`: a function to call when it emits 'end', which
+ * says whether the peer really ended its data with a FIN. libuv reports a
+ * reset that arrives together with data as a clean end (a short read and
+ * POLLHUP in one wakeup, the error left unread), so a test that tells a reset
+ * from a FIN asks the kernel: after a FIN the connection is in CLOSE_WAIT (or
+ * a later closing state, TIME_WAIT included); after a reset it is gone from
+ * /proc/net/tcp. The ports are taken now: once the kernel has closed the
+ * socket, getsockname() no longer names its port. IPv4 loopback only, as the
+ * tests are.
+ */
+export function finCheck(s: net.Socket): () => boolean {
+  const hex = (p: number | undefined) => `:${(p ?? -1).toString(16).toUpperCase().padStart(4, '0')}`;
+  const local = hex(s.localPort);
+  const remote = hex(s.remotePort);
+  return () => {
+    for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[1]?.endsWith(local) && f[2]?.endsWith(remote)) return AFTER_PEER_FIN.has(f[3] ?? '');
+    }
+    return false;
+  };
+}
