@@ -15,8 +15,10 @@
  *   side only; the opposite direction keeps flowing (TCP sockets need
  *   `allowHalfOpen: true`).
  * - Resets: an error or an early close on one side resets the other (RST_STREAM
- *   CANCEL on a stream, RST on a TCP socket), never a fake clean end.
+ *   CANCEL on a stream, RST on a TCP socket), never a fake clean end; a TCP
+ *   reset that libuv reports as an end is caught with a zero-byte write.
  */
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { DATA_HIGH_WATER_MARK_BYTES } from './limits.js';
 
@@ -91,12 +93,30 @@ function endedAbnormally(s: Duplex): boolean {
   }
 }
 
+/** Whether `s` is a plain TCP socket still open for writing: one whose 'end'
+ * can be checked with a zero-byte write (below). */
+function probeableTcp(s: Duplex): boolean {
+  const sock = s as Duplex & { encrypted?: boolean };
+  return s instanceof Socket && sock.encrypted !== true && !s.writableEnded && !s.destroyed;
+}
+
+const EMPTY = Buffer.alloc(0);
+
 /** Copy `src` into `dst` with backpressure; `src`'s end ends `dst` (half-close).
  * An 'end' from a stream already destroyed is not an end: node:http2 ends the
  * readable side of every stream of a session it destroys (no error, rstCode
  * 0), and passing that on as a FIN would tell the client its data was
- * complete. `abort` is called instead. */
-function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => void, abort: () => void): void {
+ * complete. `abort` is called instead.
+ *
+ * Nor is every 'end' of a TCP socket a FIN: libuv reports a reset that arrives
+ * together with data as a clean end of stream (a short read and POLLHUP in one
+ * wakeup; it does not read the error), which is what a peer that writes and
+ * then aborts (SO_LINGER 0, a crash) looks like. So before passing a TCP
+ * socket's end on, a zero-byte write asks the kernel: it succeeds on a
+ * connection the peer half-closed, and fails (EPIPE) on one it reset. The
+ * write queues behind what is still being written to the socket, so the end
+ * goes on once that has left. */
+function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => void, abort: (why: string) => void): void {
   let corked = false;
   const uncork = () => {
     corked = false;
@@ -115,8 +135,12 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   dst.on('drain', onDrain);
   src.once('end', () => {
     dst.off('drain', onDrain);
-    if (endedAbnormally(src)) return abort();
-    if (!dst.writableEnded && !dst.destroyed) dst.end();
+    if (endedAbnormally(src)) return abort('destroyed before its end');
+    const passOn = () => {
+      if (!dst.writableEnded && !dst.destroyed) dst.end();
+    };
+    if (probeableTcp(src)) src.write(EMPTY, (err) => (err ? abort(`reset (read as an end; ${(err as NodeJS.ErrnoException).code ?? err.message})`) : passOn()));
+    else passOn();
   });
 }
 
@@ -180,7 +204,7 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
       aToB += n;
       m.bytesIn += n;
     },
-    () => finish('reset', 'a: destroyed before its end'),
+    (why) => finish('reset', `a: ${why}`),
   );
   pump(
     b.stream,
@@ -190,7 +214,7 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
       bToA += n;
       m.bytesOut += n;
     },
-    () => finish('reset', 'b: destroyed before its end'),
+    (why) => finish('reset', `b: ${why}`),
   );
   watch(a, 'a');
   watch(b, 'b');

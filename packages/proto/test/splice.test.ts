@@ -8,6 +8,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import t from 'tap';
 import { DATA_HIGH_WATER_MARK_BYTES, type SpliceResult, splice, tuneDataStream } from '@ztm/proto';
+import { finCheck } from '../../../test/helpers/servers.js';
 
 /** A TCP pair on loopback: [client end, server end]. */
 async function socketPair(): Promise<[net.Socket, net.Socket]> {
@@ -172,4 +173,42 @@ t.test('an HTTP/2 session destroyed mid-stream resets the TCP side, never a clea
     t.match(await seen, /error ECONNRESET|closed/, `${halfClosed ? 'half-closed' : 'open'}: the client saw a reset, not a clean end`);
     server.close();
   }
+});
+
+t.test('a TCP peer that writes and resets at once: the reset passes on, never an end', async (t) => {
+  // Data and the RST arrive in one wakeup, which libuv reports as an end of
+  // stream; the splice must find out it was a reset.
+  const tries = 10;
+  const seen: string[] = [];
+  for (let i = 0; i < tries; i++) {
+    const { client, far, done } = await relay(true);
+    const sawFin = finCheck(client);
+    const clientSaw = new Promise<string>((resolve) => {
+      client.on('data', () => {});
+      client.once('end', () => resolve(sawFin() ? 'fin' : 'reset'));
+      client.once('error', (e: NodeJS.ErrnoException) => resolve(`error ${e.code}`));
+    });
+    far.write(Buffer.alloc(1000, 1));
+    far.write(Buffer.alloc(1000, 2));
+    far.resetAndDestroy();
+    // Without the check the splice passes an end on and waits for ever.
+    const r = await Promise.race([done, new Promise<{ end: string }>((resolve) => setTimeout(() => resolve({ end: 'hung' }), 3000))]);
+    seen.push(`${r.end}/${await clientSaw}`);
+    client.destroy();
+    far.destroy();
+  }
+  t.same(
+    seen.filter((s) => !/^reset\/(reset|error)/.test(s)),
+    [],
+    `every try ended in a reset passed to the client (${seen.join(', ')})`,
+  );
+});
+
+t.test('a TCP peer that half-closes still passes on a clean end (the probe does not break it)', async (t) => {
+  const { client, far, done } = await relay(true);
+  const got = collect(client);
+  far.end(Buffer.alloc(5000, 7));
+  t.equal(Buffer.concat(await got).length, 5000, 'all bytes, then a clean end');
+  client.end();
+  t.equal((await done).end, 'done');
 });
