@@ -3,7 +3,7 @@
  * Issues the hub's server certificate and endpoint client certificates from
  * CSRs made on the devices, and signs permits.
  */
-import { X509Certificate, createHash, createPrivateKey, sign } from 'node:crypto';
+import { type KeyObject, X509Certificate, createHash, createPrivateKey, sign } from 'node:crypto';
 import { isIP } from 'node:net';
 import { ErrorCodes, ZtmError, clusterUri, endpointUri, userUri } from '@ztm/proto';
 import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, x509 } from './x509.js';
@@ -90,6 +90,9 @@ export class CertificateAuthority {
   readonly mesh: string;
   readonly #keyPem: string;
   #key: CryptoKey | undefined;
+  /** The CA key parsed once, for permit signatures (parsing the PEM per
+   * permit was most of a permit's cost). */
+  #keyObject: KeyObject | undefined;
   #cert: x509.X509Certificate;
 
   constructor(mesh: string, material: KeyAndCert) {
@@ -106,7 +109,8 @@ export class CertificateAuthority {
 
   /** Sign permit bytes (ECDSA P-256 / SHA-256, DER), base64. */
   signBytes(bytes: Buffer): string {
-    return sign('sha256', bytes, createPrivateKey(this.#keyPem)).toString('base64');
+    this.#keyObject ??= createPrivateKey(this.#keyPem);
+    return sign('sha256', bytes, this.#keyObject).toString('base64');
   }
 
   /** The hub's TLS server certificate, for the host parts of its names. */
