@@ -153,28 +153,7 @@ async function main() {
       for (let attempt = 1; attempt <= 2; attempt++) {
         try {
           log(`starting ${name}${attempt > 1 ? ` (attempt ${attempt})` : ''}`);
-          if (name === 'direct') paths.push(await direct(targets));
-          else if (name === 'ztm') paths.push(await ztm(targets));
-          else if (name === 'base') {
-            if (!baselineRef) throw new Error('scenario base needs --baseline REF');
-            const b = baselineRoot(ROOT, baselineRef, log);
-            machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
-            const p = await ztm(targets, { tag: 'base', root: b.dir });
-            p.notes = `the ztm path built at ${machine.baseline}`;
-            paths.push(p);
-          } else if (name === 'ssh') paths.push(await ssh(targets));
-          else if (name === 'stunnel') {
-            const [two, one] = await stunnel(targets);
-            paths.push(two);
-            if (wanted.includes('stunnel1')) paths.push(one);
-          } else if (name === 'node3') {
-            const [withTls, plain] = await node3(targets);
-            paths.push(withTls);
-            if (wanted.includes('node3tcp')) paths.push(plain);
-          } else if (name === 'frp') {
-            if (process.env.ZTM_BENCH_FRP_SKIP || !process.env.ZTM_BENCH_FRP_BIN) throw new Error(process.env.ZTM_BENCH_FRP_SKIP || 'frp not built');
-            paths.push(await frp(targets, process.env.ZTM_BENCH_FRP_BIN));
-          } else throw new Error(`unknown scenario ${name}`);
+          paths.push(...(await startPath(name, targets, machine)));
           delete results[name];
           break;
         } catch (err) {
@@ -284,8 +263,7 @@ async function main() {
       // --only-hub --baseline REF: the hub at REF first, with its own load
       // generator (it speaks REF's protocol), then this tree's, in one run.
       if (baselineRef && onlyHub) {
-        const b = baselineRoot(ROOT, baselineRef, log);
-        machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
+        const b = baselineTree(machine);
         const lg = join(b.dir, 'scripts/bench/loadgen-worker.mjs');
         log(`hub scale, base ${machine.baseline}: ${levels.join(' / ')} idle agents`);
         results.hubBase = await hubScale({ root: b.dir, worker: existsSync(lg) ? lg : undefined, targets, levels, log, ...cfg });
@@ -304,8 +282,7 @@ async function main() {
   // --only-files --baseline REF: file sync of the product at REF first, then
   // of this tree, in one run (scp beside each).
   if (!exiting && baselineRef && onlyParts.includes('files') && doFiles) {
-    const b = baselineRoot(ROOT, baselineRef, log);
-    machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
+    const b = baselineTree(machine);
     results.fileSyncBase = await fileSyncHook({ root: b.dir, tag: 'files-base', what: `base ${machine.baseline}` });
   }
   if (!exiting) results.fileSync = await fileSyncHook();
@@ -321,6 +298,42 @@ async function main() {
     writeFileSync(jsonFile, `${JSON.stringify(results, null, 2)}\n`);
     log(`wrote ${jsonFile}`);
   }
+}
+
+/** The product built at --baseline REF (once, cached), named in the run's
+ * `machine` record. */
+function baselineTree(machine) {
+  const b = baselineRoot(ROOT, baselineRef, log);
+  machine.baseline = `${baselineRef} (${b.sha.slice(0, 12)})`;
+  return b;
+}
+
+/** Bring up one scenario; the paths it yields (stunnel and node3 also yield
+ * their variants when asked for). Throws when it cannot. */
+async function startPath(name, targets, machine) {
+  if (name === 'direct') return [await direct(targets)];
+  if (name === 'ztm') return [await ztm(targets)];
+  if (name === 'base') {
+    if (!baselineRef) throw new Error('scenario base needs --baseline REF');
+    const b = baselineTree(machine);
+    const p = await ztm(targets, { tag: 'base', root: b.dir });
+    p.notes = `the ztm path built at ${machine.baseline}`;
+    return [p];
+  }
+  if (name === 'ssh') return [await ssh(targets)];
+  if (name === 'stunnel') {
+    const [two, one] = await stunnel(targets);
+    return wanted.includes('stunnel1') ? [two, one] : [two];
+  }
+  if (name === 'node3') {
+    const [withTls, plain] = await node3(targets);
+    return wanted.includes('node3tcp') ? [withTls, plain] : [withTls];
+  }
+  if (name === 'frp') {
+    if (process.env.ZTM_BENCH_FRP_SKIP || !process.env.ZTM_BENCH_FRP_BIN) throw new Error(process.env.ZTM_BENCH_FRP_SKIP || 'frp not built');
+    return [await frp(targets, process.env.ZTM_BENCH_FRP_BIN)];
+  }
+  throw new Error(`unknown scenario ${name}`);
 }
 
 /** File sync (issue 8): a 256 MiB file (64 MiB with --quick) published to 3

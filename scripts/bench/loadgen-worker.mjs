@@ -302,12 +302,11 @@ class Agent {
 
 /** One sweep timer for keepalive PINGs, as the agent sends them: every
  * interval (proto limits.ts). */
-const PING_EVERY_MS = KEEPALIVE_INTERVAL_MS;
 const sweep = setInterval(
   () => {
     const now = Date.now();
     for (const a of agents.values()) {
-      if (!a.online || a.pingOutstanding || now - a.lastPingAt < PING_EVERY_MS) continue;
+      if (!a.online || a.pingOutstanding || now - a.lastPingAt < KEEPALIVE_INTERVAL_MS) continue;
       a.pingOutstanding = true;
       a.lastPingAt = now;
       try {
