@@ -5,7 +5,7 @@
 //   node scripts/bench/bench.mjs [--quick] [--json FILE] [--scenarios a,b,…]
 //        [--repeats N] [--levels 1000,5000] [--no-hub] [--no-files] [--no-k8s]
 //        [--only-hub] [--only-files] [--only-k8s] [--keep] [--baseline REF]
-//        [--files-mib N] [--files-repeats N] [--k8s-n N]
+//        [--files-mib N] [--files-repeats N] [--k8s-n N] [--census]
 //
 // After the paths and the hub scale: file sync (256 MiB published to 3
 // agents beside scp, lib/filesync.mjs; 64 MiB with --quick) and Kubernetes
@@ -17,6 +17,10 @@
 // scenario `base` beside `ztm`: the before/after table of a change, one run;
 // with --only-hub, the hub scale of both (REF's with REF's load generator);
 // with --only-files, the file sync of both.
+//
+// --only-hub --census runs the hub under an allocation census (mcensus.c,
+// preloaded): where the malloc bytes per agent go, by call stack, and how
+// much of them is resident. Diagnosis only: it slows every allocation.
 //
 // Needs ZTM_BENCH_RR (the compiled rr.c) and, for frp, ZTM_BENCH_FRP_BIN (a dir
 // with frps and frpc) or ZTM_BENCH_FRP_SKIP (why not).
@@ -71,6 +75,11 @@ const doK8s = !flag('--no-k8s') && (doPaths || onlyParts.includes('k8s'));
 const cfg = quick
   ? { iperfSeconds: 2, connSeconds: 1.5, latCount: 2000, pushSeconds: 3, idleSeconds: 3, reverseCount: 0, cleanBase: false, idleIperf: false, reconnect: false }
   : { iperfSeconds: 3, connSeconds: 1.5, latCount: 2000, pushSeconds: 5, idleSeconds: 20, reverseCount: 1000, cleanBase: true, reconnectTimeoutSec: 90 };
+const census = flag('--census');
+if (census && !onlyHub) {
+  console.error('--census goes with --only-hub: it slows every allocation of the hub it watches');
+  process.exit(2);
+}
 const rr = process.env.ZTM_BENCH_RR;
 if (!rr || !existsSync(rr)) {
   console.error('ZTM_BENCH_RR is not set: run scripts/bench/run, which builds the helpers');
@@ -269,7 +278,7 @@ async function main() {
         results.hubBase = await hubScale({ root: b.dir, worker: existsSync(lg) ? lg : undefined, targets, levels, log, ...cfg });
       }
       log(`hub scale: ${levels.join(' / ')} idle agents`);
-      results.hub = await hubScale({ mesh: ztmPath, targets, levels, log, ...cfg });
+      results.hub = await hubScale({ mesh: ztmPath, targets, levels, log, ...cfg, census: census ? join(runDir(), 'census') : undefined });
     } catch (err) {
       log(`hub scale failed: ${err.stack ?? err.message}`);
       results.hub = { ...(results.hub ?? {}), error: err.message.slice(0, 300) };
@@ -413,7 +422,7 @@ function printTable(res) {
     for (const k of keys) console.log(`  ${k.padEnd(30)} ${String(res.hub[k] ?? '-').padEnd(12)} | ${res.hubBase[k] ?? '-'}`);
   } else if (res.hub) {
     console.log('\nhub scale:');
-    for (const [k, v] of Object.entries(res.hub)) console.log(`  ${k.padEnd(28)} ${v}`);
+    for (const [k, v] of Object.entries(res.hub)) console.log(`  ${k.padEnd(28)} ${Array.isArray(v) ? v.map((x) => `\n    ${x}`).join('') : v}`);
   }
   if (res.fileSyncBase) printFileSync(res.fileSyncBase, `base ${res.meta.baseline}`);
   printFileSync(res.fileSync, res.fileSyncBase ? 'this tree' : undefined);

@@ -4,10 +4,11 @@
 #   iperf3, stunnel4, OpenSSH (client and server), openssl, a C compiler:
 #     Debian packages, apt-get as root (otherwise a note and those peers skip);
 #   rr (scripts/bench/rr.c):   $CACHE/rr-<hash of rr.c>;
+#   mcensus (mcensus.c):       $CACHE/mcensus-<hash>.so (--census);
 #   frps, frpc:                $CACHE/frp-$FRP_VERSION/, built with the Go
 #                              toolchain from the Go module proxy.
 #
-# Exports ZTM_BENCH_RR, and ZTM_BENCH_FRP_BIN or ZTM_BENCH_FRP_SKIP (the reason).
+# Exports ZTM_BENCH_RR, ZTM_BENCH_MCENSUS, and ZTM_BENCH_FRP_BIN or ZTM_BENCH_FRP_SKIP (the reason).
 # $BENCH_NEED_PEERS=0 (--quick) skips the peers' tools.
 
 ZTM_BENCH_CACHE=${ZTM_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ztm-bench}
@@ -47,6 +48,13 @@ bench_setup() {
     cc -O2 -Wall -pthread -o "$ZTM_BENCH_RR.tmp" "$here/rr.c" && mv "$ZTM_BENCH_RR.tmp" "$ZTM_BENCH_RR"
   fi
   export ZTM_BENCH_RR
+  # mcensus (scripts/bench/mcensus.c): the allocation census of --census.
+  sum=$(sha256sum "$here/mcensus.c" | cut -c1-12)
+  ZTM_BENCH_MCENSUS="$ZTM_BENCH_CACHE/mcensus-$sum.so"
+  if [ ! -f "$ZTM_BENCH_MCENSUS" ]; then
+    cc -O2 -Wall -shared -fPIC -pthread -o "$ZTM_BENCH_MCENSUS.tmp" "$here/mcensus.c" && mv "$ZTM_BENCH_MCENSUS.tmp" "$ZTM_BENCH_MCENSUS"
+  fi
+  export ZTM_BENCH_MCENSUS
 
   unset ZTM_BENCH_FRP_BIN ZTM_BENCH_FRP_SKIP
   if [ "${BENCH_NEED_PEERS:-1}" = 1 ]; then

@@ -6,6 +6,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { censusDiff, censusEnv, takeCensus } from './census.mjs';
 import { probeEcho, ztm } from './paths.mjs';
 import { forkWorker, sampleTree, sleep, stop } from './procs.mjs';
 import { iperf } from './workloads.mjs';
@@ -69,7 +70,10 @@ async function idleWindow(pid, ms) {
 
 /** `mesh`: the ztm path of the run (its hub, agents and tunnels), or none to
  * start one from the tree at `root` (default: this one); `worker`: the load
- * generator to run (a baseline tree's own, which speaks its protocol). */
+ * generator to run (a baseline tree's own, which speaks its protocol);
+ * `census`: a directory — the hub (started here) runs under the allocation
+ * census (mcensus.c) and the report says where the bytes per agent added
+ * between the last two levels went. */
 export async function hubScale({
   mesh: given,
   root,
@@ -83,10 +87,14 @@ export async function hubScale({
   idleIperf = true,
   reconnect = true,
   reconnectTimeoutSec = 90,
+  census,
   log,
 }) {
   const out = {};
-  const mesh = given ?? (await ztm(targets, { tag: root ? 'scale-base' : 'scale', root }));
+  if (census && given) throw new Error('--census needs a hub of its own (--only-hub)');
+  const hubEnv = census ? censusEnv(census) : {};
+  const mesh = given ?? (await ztm(targets, { tag: root ? 'scale-base' : 'scale', root, hubEnv }));
+  const censuses = [];
   const hubPid = () => mesh.hub.pid;
   const max = Math.max(...levels);
   const nWorkers = Math.max(2, Math.min(4, Math.ceil(max / 2500)));
@@ -152,9 +160,19 @@ export async function hubScale({
       prevRss = w.rssKiB;
       prevOnline = online;
       out[`cpuPct_${level}`] = round(w.cpuPct);
+      if (census) censuses.push({ online, sites: await takeCensus(census, hubPid()) });
       log(
         `hub: ${level}: RSS ${(w.rssKiB / 1024).toFixed(0)} MiB, ${((w.rssKiB - base.rssKiB) / online).toFixed(1)} KiB/agent, idle CPU ${w.cpuPct.toFixed(1)} %`,
       );
+    }
+
+    if (censuses.length >= 2) {
+      const [a, b] = censuses.slice(-2);
+      const d = censusDiff(a.sites, b.sites, b.online - a.online);
+      out.censusResidentKiBPerAgent = round(d.residentKiB);
+      out.censusAllocatedKiBPerAgent = round(d.allocatedKiB);
+      out.census = d.lines;
+      log(`hub: malloc census, per agent from ${a.online} to ${b.online}: ${d.residentKiB.toFixed(1)} KiB resident of ${d.allocatedKiB.toFixed(1)} allocated`);
     }
 
     // Relayed throughput through the same hub while they are all connected.

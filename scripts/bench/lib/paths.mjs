@@ -139,8 +139,8 @@ export async function initHub({ tag, base, names, mesh = 'bench', nodeArgs = [],
 
 /** A hub, entry agent A and exit agent B through the real CLIs, tunnels
  * tcp/bench-iperf, tcp/bench-echo, tcp/bench-sink. `nodeArgs` go before the
- * bin (profiling). */
-export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root = ROOT, env = MALLOC.env } = {}) {
+ * bin (profiling); `hubEnv` is added to the hub's environment only. */
+export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root = ROOT, env = MALLOC.env, hubEnv = {} } = {}) {
   const AGENT_BIN = join(root, 'packages/agent/bin/ztm-agent.js');
   const base = join(runDir(), tag);
   mkdirSync(base, { recursive: true });
@@ -152,7 +152,7 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
   // Through the CLIs, as an operator would, with what can run at once in
   // parallel: permits are made on the data directory before the hub serves,
   // tunnels are saved before the agents run (they open at start).
-  const { hubAddr, hubDir, serve } = await initHub({ tag, base, names: ['a', 'b'], nodeArgs, root, env });
+  const { hubAddr, hubDir, serve } = await initHub({ tag, base, names: ['a', 'b'], nodeArgs, root, env: { ...env, ...hubEnv } });
   let hub = serve();
   await waitLog(hub, /"hub listening"/);
   const agentCli = (args) => runCmd(node, [AGENT_BIN, ...args]);
