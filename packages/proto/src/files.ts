@@ -65,10 +65,18 @@ export function validateFileName(name: string): string {
 /** Largest file the hub accepts unless configured otherwise. */
 export const DEFAULT_MAX_FILE_BYTES = 4 * 1024 ** 3;
 
+/** How much each stage of a file transfer (disk reads and writes, the hash
+ * and copy stages between them and HTTP/2) holds before it pushes back. With
+ * node's 16 KiB default, a file written from HTTP/2 went to the disk one or
+ * two DATA frames per write, each a round trip through libuv's thread pool:
+ * that, not the CPU, bounded an upload to ≈ 100 MiB/s (docs/performance.md).
+ * Bounded: a few MiB per transfer, whatever the file's size. */
+export const FILE_IO_CHUNK_BYTES = 1024 * 1024;
+
 /** SHA-256 of a file, streamed (constant memory), lowercase hex. */
 export async function sha256OfFile(path: string): Promise<string> {
   const h = createHash('sha256');
-  await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), h);
+  await pipeline(createReadStream(path, { highWaterMark: FILE_IO_CHUNK_BYTES }), h);
   return h.digest('hex');
 }
 
@@ -80,7 +88,7 @@ export async function sha256OfPrefix(path: string, bytes: number): Promise<Hash>
   const h = createHash('sha256');
   if (bytes <= 0) return h;
   let read = 0;
-  for await (const chunk of createReadStream(path, { start: 0, end: bytes - 1, highWaterMark: 1024 * 1024 })) {
+  for await (const chunk of createReadStream(path, { start: 0, end: bytes - 1, highWaterMark: FILE_IO_CHUNK_BYTES })) {
     h.update(chunk as Buffer);
     read += (chunk as Buffer).length;
   }
@@ -91,6 +99,7 @@ export async function sha256OfPrefix(path: string, bytes: number): Promise<Hash>
 /** A pass-through stage that feeds every chunk to `hash` on its way. */
 export function hashingTap(hash: Hash): Transform {
   return new Transform({
+    highWaterMark: FILE_IO_CHUNK_BYTES,
     transform(chunk: Buffer, _enc, cb) {
       hash.update(chunk);
       cb(null, chunk);

@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import {
   ErrorCodes,
+  FILE_IO_CHUNK_BYTES,
   type FileEntry,
   FileHeaders,
   FilePaths,
@@ -130,7 +131,7 @@ export class FileSync {
       // The hub may answer (a refusal) before the body is sent: handled below,
       // never an unhandled rejection meanwhile.
       answer.catch(() => {});
-      await pipeline(createReadStream(path, { start: status.received, highWaterMark: 1024 * 1024 }), req).catch(() => {});
+      await pipeline(createReadStream(path, { start: status.received, highWaterMark: FILE_IO_CHUNK_BYTES }), req).catch(() => {});
       const r = (await answer) as { complete: boolean };
       if (r.complete) break;
     }
@@ -229,7 +230,7 @@ export class FileSync {
       // Verified as it streams (after the bytes already here when resuming):
       // the finished file is not read a second time.
       hash = await sha256OfPrefix(partial, offset);
-      await pipeline(req, hashingTap(hash), createWriteStream(partial, { flags: offset > 0 ? 'a' : 'w', mode: 0o600 }));
+      await pipeline(req, hashingTap(hash), createWriteStream(partial, { flags: offset > 0 ? 'a' : 'w', mode: 0o600, highWaterMark: FILE_IO_CHUNK_BYTES }));
     }
     const size = (await stat(partial)).size;
     const actual = size !== entry.size ? '' : hash ? hash.digest('hex') : await sha256OfFile(partial);

@@ -8,7 +8,7 @@ import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync,
 import { join } from 'node:path';
 import { PassThrough, type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ErrorCodes, SHA256_HEX, ZtmError, sha256OfPrefix } from '@ztm/proto';
+import { ErrorCodes, FILE_IO_CHUNK_BYTES, SHA256_HEX, ZtmError, sha256OfPrefix } from '@ztm/proto';
 import { freeBytes, isStorageErrno, storageProblem } from '../registry/storage.js';
 
 export class ContentStore {
@@ -80,6 +80,7 @@ export class ContentStore {
     const hash = await sha256OfPrefix(p, have);
     let written = have;
     const guard = new Transform({
+      highWaterMark: FILE_IO_CHUNK_BYTES,
       transform(chunk: Buffer, _enc, cb) {
         written += chunk.length;
         if (written > size) return cb(new ZtmError(ErrorCodes.BAD_REQUEST, `upload is longer than its declared ${size} bytes`));
@@ -90,7 +91,7 @@ export class ContentStore {
     // pipeline() destroys every stream on an error: keep the body (the HTTP/2
     // stream) out of it, or no answer could be sent. A body that aborts
     // (stream reset) ends the copy as an error.
-    const copy = new PassThrough();
+    const copy = new PassThrough({ highWaterMark: FILE_IO_CHUNK_BYTES });
     const aborted = () => {
       if (!body.readableEnded) copy.destroy(new Error('upload aborted by the sender'));
     };
@@ -98,7 +99,7 @@ export class ContentStore {
     body.pipe(copy);
     if (body.destroyed) aborted();
     try {
-      await pipeline(copy, guard, createWriteStream(p, { flags: 'a', mode: 0o600 }));
+      await pipeline(copy, guard, createWriteStream(p, { flags: 'a', mode: 0o600, highWaterMark: FILE_IO_CHUNK_BYTES }));
     } catch (err) {
       if (err instanceof ZtmError) {
         rmSync(p, { force: true });
@@ -127,7 +128,7 @@ export class ContentStore {
   }
 
   read(sha256: string, offset: number): Readable {
-    return createReadStream(this.path(sha256), { start: offset, highWaterMark: 1024 * 1024 });
+    return createReadStream(this.path(sha256), { start: offset, highWaterMark: FILE_IO_CHUNK_BYTES });
   }
 
   remove(sha256: string): void {
