@@ -15,10 +15,13 @@ export function censusEnv(dir) {
   return { LD_PRELOAD: so, ZTM_CENSUS_DIR: dir };
 }
 
-let dumps = 0;
+/** Dumps asked of each process so far: mcensus.c numbers its files per process. */
+const dumps = new Map();
 /** Ask `pid` for a dump and wait for it: sites by id. */
 export async function takeCensus(dir, pid, timeoutMs = 120_000) {
-  const file = join(dir, `census-${pid}-${dumps++}.txt`);
+  const n = dumps.get(pid) ?? 0;
+  dumps.set(pid, n + 1);
+  const file = join(dir, `census-${pid}-${n}.txt`);
   writeFileSync(join(dir, `dump-${pid}`), '');
   const deadline = Date.now() + timeoutMs;
   while (!existsSync(file)) {
