@@ -167,7 +167,7 @@ export async function startKubernetesMode(o: KubernetesModeOptions): Promise<Kub
       advertiseAddress,
       importVersion: mcsVersion,
       graceMs: o.importGraceMs ?? IMPORT_GRACE_MS,
-      wakeIn: (ms) => importLoop?.trigger(ms),
+      wakeIn: (ms) => importLoop?.wakeIn(ms),
     });
     const ex = exports;
     const im = imports;
