@@ -93,10 +93,13 @@ static void record(void *p, size_t size) {
   pthread_mutex_lock(&mu);
   uint32_t s = site_here();
   uint32_t i = (uint32_t)mix((uintptr_t)p >> 4) & (LIVE_SLOTS - 1);
-  while (live[i].p > TOMBSTONE) i = (i + 1) & (LIVE_SLOTS - 1);
-  live[i].p = (uintptr_t)p;
-  live[i].size = size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
-  live[i].site = s;
+  uint32_t probes = 0;
+  while (live[i].p > TOMBSTONE && ++probes < LIVE_SLOTS) i = (i + 1) & (LIVE_SLOTS - 1);
+  if (probes < LIVE_SLOTS) { /* else the table is full: this one goes uncounted */
+    live[i].p = (uintptr_t)p;
+    live[i].size = size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+    live[i].site = s;
+  }
   pthread_mutex_unlock(&mu);
   busy = 0;
 }
@@ -106,7 +109,9 @@ static void forget(void *p) {
   busy = 1;
   pthread_mutex_lock(&mu);
   uint32_t i = (uint32_t)mix((uintptr_t)p >> 4) & (LIVE_SLOTS - 1);
-  for (; live[i].p; i = (i + 1) & (LIVE_SLOTS - 1))
+  /* Bounded: deleted slots stay as tombstones, so a long run can leave few
+   * empty ones, and a pointer never recorded must not be searched for ever. */
+  for (uint32_t probes = 0; live[i].p && probes < LIVE_SLOTS; i = (i + 1) & (LIVE_SLOTS - 1), probes++)
     if (live[i].p == (uintptr_t)p) {
       live[i].p = TOMBSTONE;
       break;
