@@ -65,12 +65,14 @@ export function validateFileName(name: string): string {
 /** Largest file the hub accepts unless configured otherwise. */
 export const DEFAULT_MAX_FILE_BYTES = 4 * 1024 ** 3;
 
-/** How much each stage of a file transfer (disk reads and writes, the hash
- * and copy stages between them and HTTP/2) holds before it pushes back. With
- * node's 16 KiB default, a file written from HTTP/2 went to the disk one or
- * two DATA frames per write, each a round trip through libuv's thread pool:
- * that, not the CPU, bounded an upload to ≈ 100 MiB/s (docs/performance.md).
- * Bounded: a few MiB per transfer, whatever the file's size. */
+/** How much a file transfer's disk streams hold before they push back: a
+ * write stream queues up to this much while one write is in flight and then
+ * writes it all at once. With node's 16 KiB default, a file written from
+ * HTTP/2 went to the disk one or two DATA frames per write, each a round trip
+ * through libuv's thread pool: that, not the CPU, bounded an upload to
+ * ≈ 100 MiB/s (docs/performance.md). The stages between HTTP/2 and the disk
+ * (hash, copy) keep node's default: larger ones bought nothing (same run) and
+ * would hold more per transfer. */
 export const FILE_IO_CHUNK_BYTES = 1024 * 1024;
 
 /** SHA-256 of a file, streamed (constant memory), lowercase hex. */
@@ -99,7 +101,6 @@ export async function sha256OfPrefix(path: string, bytes: number): Promise<Hash>
 /** A pass-through stage that feeds every chunk to `hash` on its way. */
 export function hashingTap(hash: Hash): Transform {
   return new Transform({
-    highWaterMark: FILE_IO_CHUNK_BYTES,
     transform(chunk: Buffer, _enc, cb) {
       hash.update(chunk);
       cb(null, chunk);

@@ -80,7 +80,6 @@ export class ContentStore {
     const hash = await sha256OfPrefix(p, have);
     let written = have;
     const guard = new Transform({
-      highWaterMark: FILE_IO_CHUNK_BYTES,
       transform(chunk: Buffer, _enc, cb) {
         written += chunk.length;
         if (written > size) return cb(new ZtmError(ErrorCodes.BAD_REQUEST, `upload is longer than its declared ${size} bytes`));
@@ -91,7 +90,7 @@ export class ContentStore {
     // pipeline() destroys every stream on an error: keep the body (the HTTP/2
     // stream) out of it, or no answer could be sent. A body that aborts
     // (stream reset) ends the copy as an error.
-    const copy = new PassThrough({ highWaterMark: FILE_IO_CHUNK_BYTES });
+    const copy = new PassThrough();
     const aborted = () => {
       if (!body.readableEnded) copy.destroy(new Error('upload aborted by the sender'));
     };
