@@ -65,7 +65,7 @@ function nodeSymbols() {
  * backtrace_symbols, else the node binary's symbol table, else the raw text. */
 function frameName(frame) {
   const named = /\(([^)+]+)\+0x[0-9a-f]+\)/.exec(frame);
-  if (named) return demangle(named[1]);
+  if (named) return named[1];
   const bare = /^0x([0-9a-f]+) \S*node\(\)/.exec(frame);
   if (bare) {
     const { addrs, names } = nodeSymbols();
@@ -82,18 +82,18 @@ function frameName(frame) {
   return frame.replace(/^0x[0-9a-f]+ /, '');
 }
 
-let demangled;
-function demangle(name) {
-  if (!name.startsWith('_Z')) return name;
-  demangled ??= new Map();
-  if (!demangled.has(name)) {
-    let out = name;
+/** C++ names demangled, all in one `c++filt` (names left as they are where
+ * it is missing). */
+function demangleAll(names) {
+  const mangled = [...new Set(names.filter((n) => n.startsWith('_Z')))];
+  const out = new Map();
+  if (mangled.length) {
     try {
-      out = execFileSync('c++filt', [name]).toString().trim();
+      const lines = execFileSync('c++filt', mangled).toString().split('\n');
+      for (const [i, m] of mangled.entries()) out.set(m, lines[i] || m);
     } catch {}
-    demangled.set(name, out);
   }
-  return demangled.get(name);
+  return names.map((n) => out.get(n) ?? n);
 }
 
 const ALLOCATOR_FRAMES = /^(operator new|CRYPTO_(m|z)alloc|CRYPTO_realloc|node::mem::NgLibMemoryManager|node::NodeArrayBufferAllocator)/;
@@ -117,8 +117,10 @@ export function censusDiff(before, after, units, top = 15) {
     rows.push(row);
   }
   rows.sort((x, y) => y.resident - x.resident);
-  const lines = rows.slice(0, top).map((r) => {
-    const names = r.frames.map(frameName).filter((n) => !ALLOCATOR_FRAMES.test(n));
+  const shown = rows.slice(0, top);
+  const all = demangleAll(shown.flatMap((r) => r.frames.map(frameName)));
+  const lines = shown.map((r) => {
+    const names = all.splice(0, r.frames.length).filter((n) => !ALLOCATOR_FRAMES.test(n));
     const where = names.slice(0, 3).map(short).join(' < ');
     return `${(r.resident / 1024).toFixed(2)} KiB resident of ${(r.bytes / 1024).toFixed(2)} allocated, ${r.count.toFixed(2)}× — ${where}`;
   });

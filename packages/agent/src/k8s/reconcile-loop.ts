@@ -15,9 +15,9 @@
 import type { Logger } from '../log.js';
 
 const RETRY_BASE_MS = 500;
-/** The wait of a trigger that finds the loop at rest. */
-export const QUICK_MS = 5;
 const RETRY_MAX_MS = 15_000;
+/** The wait of a trigger that finds the loop at rest. */
+const QUICK_MS = 5;
 
 export class ReconcileLoop {
   readonly #name: string;
