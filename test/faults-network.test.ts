@@ -215,8 +215,8 @@ t.test('agents behind a slow, lossy link', { skip: wanSkipReason() }, async (t) 
   // Bulk data both ways at once over a thin link: node:http2 stops reading
   // its socket while one of its writes is pending, so two node:http2 peers
   // that both write more than the TCP buffers hold wait for each other for
-  // ever. The agents' socket layer (eager-write-socket.ts) completes writes at
-  // once; this locked the session up before it.
+  // ever. The agents keep reading (read-guard.ts); this locked the session up
+  // before they did.
   await t.test('two-way bulk at once over the slow link', async (t) => {
     const size = 8 * MiB;
     await assertWhole(t, 'two-way', size, size, await transfer('two-way', size, size, 20_000));

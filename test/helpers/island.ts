@@ -26,7 +26,7 @@ export interface Island {
   site: Site;
   hub: SiteDaemon;
   hubDir: string;
-  startAgent(name: string, runArgs?: string[]): Promise<IslandAgent>;
+  startAgent(name: string, runArgs?: string[], env?: NodeJS.ProcessEnv): Promise<IslandAgent>;
 }
 
 export interface IslandOptions {
@@ -80,7 +80,7 @@ export async function startIsland(t: T, name: string, o: IslandOptions = {}): Pr
     site,
     hub,
     hubDir,
-    async startAgent(agentName, runArgs = []) {
+    async startAgent(agentName, runArgs = [], env) {
       const permit = join(base, `${agentName}.permit.json`);
       const p = await hubCli(['permit', 'create', agentName, '--data', hubDir, '--out', permit]);
       if (p.code !== 0) throw new Error(`permit ${agentName}: ${p.stderr}`);
@@ -88,7 +88,7 @@ export async function startIsland(t: T, name: string, o: IslandOptions = {}): Pr
       // The hub listens on the namespace's loopback: join from inside it.
       const joining = new Daemon(AGENT_BIN, ['join', '--permit', permit, '--data', dir], undefined, site.prefix);
       if ((await joining.exited) !== 0) throw new Error(`join ${agentName}: ${joining.stderr}`);
-      const daemon = new SiteDaemon(site, AGENT_BIN, ['run', '--data', dir, '--log-level', 'debug', ...runArgs]);
+      const daemon = new SiteDaemon(site, AGENT_BIN, ['run', '--data', dir, '--log-level', 'debug', ...runArgs], env);
       t.teardown(() => daemon.stop('SIGKILL'));
       await daemon.waitLog((l) => l.msg === 'online');
       return {

@@ -320,8 +320,8 @@ export class TcpForwarder {
 /** A daemon whose JSON logs are captured; may run inside a site. */
 /** A daemon inside a site's network namespace (or on the host when site is null). */
 export class SiteDaemon extends Daemon {
-  constructor(site: Site | null, bin: string, args: string[]) {
-    super(bin, args, undefined, site?.prefix ?? []);
+  constructor(site: Site | null, bin: string, args: string[], env?: NodeJS.ProcessEnv) {
+    super(bin, args, env, site?.prefix ?? []);
   }
 
   override waitLog(match: (l: Record<string, unknown>) => boolean, timeoutMs = 30_000): Promise<Record<string, unknown>> {

@@ -32,6 +32,15 @@ export class AgentMetrics {
         if (rtt !== null) this.set(rtt / 1000);
       },
     });
+    new Counter({
+      name: 'ztm_agent_hub_read_resumes_total',
+      help: 'Times the agent started reading its hub connections again while a write to the hub waited (bulk both ways over full TCP buffers)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(client.snapshot().readResumes);
+      },
+    });
     new Gauge({
       name: 'ztm_agent_tunnel_streams_open',
       help: 'Tunnelled connections (UDP: flows) open now',

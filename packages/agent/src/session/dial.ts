@@ -4,6 +4,7 @@ import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { ErrorCodes, ZtmError } from '@ztm/proto';
 import { EagerWriteSocket } from './eager-write-socket.js';
+import { ReadGuard } from './read-guard.js';
 
 export interface DialOptions {
   ca: string;
@@ -11,6 +12,9 @@ export interface DialOptions {
   key?: string;
   alpn: string;
   timeoutMs?: number;
+  /** 'eager': TLS over EagerWriteSocket even where the read guard works.
+   * Default: ZTM_HUB_SOCKET=eager in the environment, else the guard. */
+  socketLayer?: 'guard' | 'eager';
 }
 
 export function splitHostPort(hostPort: string): { host: string; port: number } {
@@ -30,32 +34,55 @@ const TRUST_ERRORS = new Set([
   'CERT_HAS_EXPIRED',
 ]);
 
-const rawOf = new WeakMap<tls.TLSSocket, EagerWriteSocket>();
+/** What keeps a connection made by dialTls reading (read-guard.ts). */
+const layerOf = new WeakMap<tls.TLSSocket, ReadGuard | EagerWriteSocket>();
 
 /** Bytes read so far from the hub on a connection made by dialTls (0 for others). */
 export function bytesReadFromHub(socket: tls.TLSSocket): number {
-  return rawOf.get(socket)?.bytesRead ?? 0;
+  return layerOf.get(socket)?.bytesRead ?? 0;
+}
+
+/** Which layer keeps a connection made by dialTls reading while its writes wait. */
+export function socketLayerOf(socket: tls.TLSSocket): 'guard' | 'eager' | undefined {
+  const l = layerOf.get(socket);
+  return l instanceof ReadGuard ? 'guard' : l ? 'eager' : undefined;
+}
+
+function guardedOrEager(host: string, port: number, tlsOptions: tls.ConnectionOptions, layer: DialOptions['socketLayer']): tls.TLSSocket {
+  if (layer !== 'eager') {
+    const socket = tls.connect({ ...tlsOptions, host, port });
+    const guard = ReadGuard.attach(socket);
+    if (guard) {
+      socket.setNoDelay(true);
+      layerOf.set(socket, guard);
+      return socket;
+    }
+    // This Node hides what the guard needs: TLS over a JavaScript socket
+    // layer whose writes complete at once instead.
+    socket.destroy();
+  }
+  const raw = new EagerWriteSocket({ host, port });
+  const socket = tls.connect({ ...tlsOptions, socket: raw as unknown as Duplex });
+  layerOf.set(socket, raw);
+  socket.once('close', () => raw.destroy());
+  return socket;
 }
 
 export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket> {
   const { host, port } = splitHostPort(hostPort);
   return new Promise((resolve, reject) => {
-    // TLS over a connection whose writes complete at once: see
-    // eager-write-socket.ts for why HTTP/2 over a plain socket can lock up
-    // with bulk data both ways.
-    const raw = new EagerWriteSocket({ host, port });
-    const socket = tls.connect({
-      socket: raw as unknown as Duplex,
+    const tlsOptions: tls.ConnectionOptions = {
       ca: [o.ca],
       cert: o.cert,
       key: o.key,
       ALPNProtocols: [o.alpn],
       minVersion: 'TLSv1.3',
       servername: net.isIP(host) ? undefined : host,
-    });
+    };
+    // HTTP/2 over a socket that keeps reading while its writes wait: see
+    // read-guard.ts for why a plain one can lock up with bulk both ways.
+    const socket = guardedOrEager(host, port, tlsOptions, o.socketLayer ?? (process.env.ZTM_HUB_SOCKET === 'eager' ? 'eager' : 'guard'));
     const timer = setTimeout(() => socket.destroy(new ZtmError(ErrorCodes.TIMEOUT, `TLS handshake with hub ${hostPort} timed out`)), o.timeoutMs ?? 10_000);
-    rawOf.set(socket, raw);
-    socket.once('close', () => raw.destroy());
     socket.once('secureConnect', () => {
       clearTimeout(timer);
       if (socket.alpnProtocol !== o.alpn) {

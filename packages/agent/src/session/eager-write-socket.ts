@@ -1,5 +1,8 @@
 /**
- * A TCP connection whose writes complete at once, placed under the agent's TLS.
+ * A TCP connection whose writes complete at once, placed under the agent's TLS
+ * where the read guard cannot be (read-guard.ts: a Node that hides what it
+ * needs, or ZTM_HUB_SOCKET=eager). It costs more CPU than the guard (every
+ * byte crosses JavaScript once more) and needs nothing undocumented.
  *
  * Why: node:http2 stops reading its socket while one of its own writes is
  * pending (node_http2.cc, MaybeStopReading — a guard against peers that never

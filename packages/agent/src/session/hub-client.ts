@@ -43,7 +43,8 @@ import {
 } from '@ztm/proto';
 import type { AgentIdentity } from '../identity/identity-store.js';
 import type { Logger } from '../log.js';
-import { bytesReadFromHub, dialTls } from './dial.js';
+import { bytesReadFromHub, dialTls, socketLayerOf } from './dial.js';
+import { ReadGuard } from './read-guard.js';
 
 export type HubClientState = 'idle' | 'connecting' | 'online' | 'backoff' | 'stopped' | 'fatal';
 
@@ -116,6 +117,9 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       connectedAt: c ? new Date(c.connectedAt).toISOString() : null,
       rttMs: c?.rttMs ?? null,
       reverse: this.#reverse !== undefined && !this.#reverse.destroyed,
+      /** What keeps the connection reading while its writes wait (read-guard.ts). */
+      socketLayer: c ? (socketLayerOf(c.socket) ?? null) : null,
+      readResumes: ReadGuard.resumes,
       lastError: this.#lastError ?? null,
     };
   }
@@ -360,7 +364,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     const now = Date.now();
     const timeout = this.#o.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
     // Any bytes from the hub prove it alive too: our PING and its answer can
-    // queue behind data on a slow link (eager-write-socket.ts).
+    // queue behind data on a slow link (socket buffers, read-guard.ts).
     const read = bytesReadFromHub(c.socket);
     if (read !== c.bytesSeen) {
       c.bytesSeen = read;
