@@ -2,13 +2,16 @@
  * Restarts and losses: the hub restarted (gracefully and by kill -9) keeps its
  * endpoints, certificates and revocations and the agents come back on their
  * own; an agent killed or frozen is seen offline within the keepalive timeout;
- * keepalive is one PING per interval, from the agent; a frozen hub is noticed;
+ * keepalive is one PING per interval, from the agent, plus one from the hub to
+ * an agent sending it data (whose own PINGs queue behind it); a frozen hub is noticed;
  * a reverse session that stops answering is dropped on its own.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import type { ClientHttp2Session } from 'node:http2';
 import * as tls from 'node:tls';
 import t from 'tap';
-import { ALPN_REVERSE, type EndpointInfo, encodeFrame } from '@ztm/proto';
+import { ALPN_REVERSE, type EndpointInfo, FileHeaders, FilePaths, encodeFrame } from '@ztm/proto';
 import { type HubHandle, freePort, joinAgent, startAgent, startHub, waitFor } from './helpers/index.js';
 import { type Creds, agentCreds, agentStatus, endpointOf, exitWithin, hubEndpoints, scope, sleep, waitOnline } from './helpers/e2e-checks.js';
 import { h2Session, openControl } from './helpers/e2e-wire.js';
@@ -16,21 +19,22 @@ import { h2Session, openControl } from './helpers/e2e-wire.js';
 const KEEPALIVE = ['--keepalive-interval', '1s', '--keepalive-timeout', '3s'];
 
 /** PINGs the hub has sent (its metrics endpoint). */
-async function hubPingsSent(metricsPort: number): Promise<number> {
+async function hubPingsSent(metricsPort: number, direction: 'sent' | 'sent_reverse' = 'sent'): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-  return Number(/^ztm_hub_keepalive_pings_total\{direction="sent"\} (\d+)/m.exec(text)?.[1] ?? Number.NaN);
+  const m = new RegExp(`^ztm_hub_keepalive_pings_total\\{direction="${direction}"\\} (\\d+)`, 'm').exec(text);
+  return Number(m?.[1] ?? Number.NaN);
 }
 
 /** A main session made by hand, online on the hub: control stream and hello,
  * no PINGs of its own (node:http2 answers the hub's by itself). */
-async function agentByHand(t: ReturnType<typeof scope>, hub: HubHandle, name: string): Promise<{ creds: Creds }> {
+async function agentByHand(t: ReturnType<typeof scope>, hub: HubHandle, name: string): Promise<{ creds: Creds; main: ClientHttp2Session }> {
   const creds = agentCreds(await joinAgent(t, hub, name));
   const main = await h2Session(hub.address, creds);
   t.teardown(() => main.destroy());
   const control = openControl(main);
   control.stream.write(encodeFrame({ type: 'hello', version: 1, agentVersion: 'test', labels: {} }));
   await hub.daemon.waitLog((l) => l.msg === 'endpoint online' && l.endpoint === name, 5_000);
-  return { creds };
+  return { creds, main };
 }
 
 // Independent hubs: run side by side.
@@ -119,15 +123,23 @@ t.test('keepalive is driven by the agent; a frozen hub is noticed by the agent',
   const metricsPort = await freePort();
   const hub = await startHub(s, { serveArgs: [...KEEPALIVE, '--metrics', `127.0.0.1:${metricsPort}`] });
   const agent = await startAgent(s, hub, 'quiet', KEEPALIVE);
-  // Idle for several intervals: the agent PINGs every interval and the hub,
-  // hearing from it, sends none of its own (it probes only a silent agent).
-  // A silent agent would get a PING every 2 s or so (three in 8 s, as
-  // in the next test) and be dropped after 3 s without an answer, so staying
-  // online with at most one from the hub means the agent's PINGs reached it.
+  // An outbound end: the agent keeps a reverse session too.
+  t.equal((await agent.cli(['tunnel', 'open', 'outbound', 'tcp/quiet', '--target', '127.0.0.1:9'])).code, 0, 'an outbound end opened');
+  await waitFor(async () => (await agentStatus(agent)).hub.reverse === true, { timeoutMs: 5_000, what: 'the reverse session' });
+  // Idle for several intervals: the agent PINGs both sessions every interval
+  // and the hub, hearing from it, sends none of its own (it probes only a
+  // silent session). A silent agent would get a PING every 2 s or so (three
+  // in 8 s, as in the next test) and be dropped after 3 s without an answer,
+  // so staying online with at most one from the hub on each session means
+  // the agent's PINGs reached it.
   const before = await hubPingsSent(metricsPort);
+  const beforeReverse = await hubPingsSent(metricsPort, 'sent_reverse');
   await sleep(8_000);
   const after = await hubPingsSent(metricsPort);
+  const afterReverse = await hubPingsSent(metricsPort, 'sent_reverse');
   t.ok(after - before <= 1, `the hub sent ${after - before} PING(s) in 8 s idle (it answers the agent's)`);
+  t.ok(afterReverse - beforeReverse <= 1, `the hub sent ${afterReverse - beforeReverse} PING(s) on the reverse session in 8 s idle`);
+  t.equal((await agentStatus(agent)).hub.reverse, true, 'the reverse session stayed open');
   t.equal((await agentStatus(agent)).hub.state, 'online', 'the agent stayed online');
   t.notOk(
     hub.daemon.logs().some((l) => l.msg === 'session closed'),
@@ -155,6 +167,39 @@ t.test('keepalive is driven by the agent; a frozen hub is noticed by the agent',
   const back = await waitOnline(hub, 'quiet', true, 15_000);
   t.pass(`SIGCONT: the agent is back online on its own after ${back} ms`);
   t.equal((await agentStatus(agent)).hub.state, 'online', 'ztm-agent status says online');
+});
+
+t.test('an agent sending the hub data hears a PING from it every interval', async (t) => {
+  // On a slow uplink the agent's own PINGs, and the hub's answers, wait behind
+  // its data; the hub's WINDOW_UPDATEs come every half window. The hub's
+  // PINGs to a busy agent are what it hears from the hub meanwhile.
+  const s = scope(t, 'bz');
+  const hub = await startHub(s, { serveArgs: KEEPALIVE });
+  const { main } = await agentByHand(s, hub, 'busy');
+  let pings = 0;
+  main.on('ping', () => pings++);
+  // A file upload paced at 64 KiB every 100 ms for 4 s (2.5 MiB): busy in
+  // every half interval, and no PING of this side's own.
+  const chunk = randomBytes(64 * 1024);
+  const n = 40;
+  const sha = createHash('sha256');
+  for (let i = 0; i < n; i++) sha.update(chunk);
+  const upload = main.request({
+    ':method': 'PUT',
+    ':path': FilePaths.content(sha.digest('hex')),
+    [FileHeaders.offset]: '0',
+    [FileHeaders.size]: String(n * chunk.length),
+  });
+  const answer = once(upload, 'response');
+  for (let i = 0; i < n; i++) {
+    upload.write(chunk);
+    await sleep(100);
+  }
+  upload.end();
+  const [headers] = await answer;
+  t.equal(headers[':status'], 200, 'the upload was taken');
+  t.ok(pings >= 2, `the hub PINGed the busy agent ${pings} times in 4 s (keepalive 1 s)`);
+  t.equal((await endpointOf(hub, 'busy', true))?.online, true, 'still online');
 });
 
 t.test('an agent that never PINGs (an earlier release) is probed by the hub and stays online', async (t) => {

@@ -1,19 +1,22 @@
 /**
  * A busy, slow uplink keeps its session: data from an agent is a sign of life.
  *
- * An agent completes its writes at once (eager-write-socket.ts), so behind a
- * slow link up to a flow-control window's worth of data can be queued ahead of
- * its answer to the hub's keepalive PING. The hub counts bytes arriving from
- * the agent as proof of life, as well as PING answers; a silent agent still
- * times out (hub-restart.test.ts, faults-network.test.ts).
- *
- * The agents count bytes from the hub the same way (their own PING queues
- * behind their data too).
+ * Behind a slow link, seconds of data wait in socket buffers ahead of a
+ * keepalive PING and its answer. So the hub counts bytes arriving from the
+ * agent as proof of life, as well as PING answers, and the agents count bytes
+ * from the hub the same way; and since the hub's answers to an uploading
+ * agent queue behind that agent's data, the hub PINGs a busy agent every
+ * interval, and the agent PINGs its reverse session (the one the hub sends it
+ * data on) every interval, so each side hears from the other through the
+ * direction the data leaves free. A silent agent still times out
+ * (hub-restart.test.ts, faults-network.test.ts).
  *
  * The mesh runs on one namespace's loopback shaped to 16 Mbit/s (tc tbf; every
  * leg shares it), keepalive 1 s / timeout 4 s, and four connections upload at
  * once: the entry's queue to the hub holds several seconds of data. Without
- * these rules the entry went offline and every upload was reset.
+ * the byte counting the entry went offline and every upload was reset; without
+ * the hub's PINGs to a busy agent and the agent's on its reverse session, one
+ * run in about eight lost the entry's session or the exit's reverse session.
  */
 import t from 'tap';
 import { bulkTunnel, startIsland, tbfSkipReason } from './helpers/island.js';

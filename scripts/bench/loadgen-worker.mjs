@@ -191,6 +191,8 @@ class Agent {
     this.lastAckAt = 0;
     this.lastPingAt = 0;
     this.pingOutstanding = false;
+    this.reversePingAt = 0;
+    this.reversePings = 0;
     this.closed = false;
     this.connecting = false;
     this.failures = 0;
@@ -290,6 +292,8 @@ class Agent {
       if (this.reverse === rev) this.reverse = undefined;
     });
     this.reverse = rev;
+    this.reversePingAt = Date.now();
+    this.reversePings = 0;
   }
 
   close() {
@@ -306,6 +310,17 @@ const sweep = setInterval(
   () => {
     const now = Date.now();
     for (const a of agents.values()) {
+      // The reverse session too, answers not waited for (at most 3 out).
+      const rev = a.reverse;
+      if (rev && !rev.destroyed && now - a.reversePingAt >= KEEPALIVE_INTERVAL_MS && a.reversePings < 3) {
+        a.reversePingAt = now;
+        a.reversePings++;
+        try {
+          rev.ping(() => a.reversePings--);
+        } catch {
+          a.reversePings--;
+        }
+      }
       if (!a.online || a.pingOutstanding || now - a.lastPingAt < KEEPALIVE_INTERVAL_MS) continue;
       a.pingOutstanding = true;
       a.lastPingAt = now;

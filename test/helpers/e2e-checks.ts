@@ -68,7 +68,7 @@ export async function waitOnline(hub: HubHandle, name: string, online = true, ti
 }
 
 export interface AgentStatus {
-  hub: { state: string };
+  hub: { state: string; reverse?: boolean; socketLayer?: string | null; readResumes?: number };
   certificate: { serial: string; expires: string; renewAt: string };
 }
 

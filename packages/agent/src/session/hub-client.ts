@@ -86,6 +86,8 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
   #state: HubClientState = 'idle';
   #conn: Connection | undefined;
   #reverse: http2.ServerHttp2Session | undefined;
+  /** Our keepalive PINGs on the reverse session: when the last went, how many are unanswered. */
+  #reversePing = { at: 0, outstanding: 0 };
   #reverseWanted = false;
   #attempt = 0;
   #hubIndex = 0;
@@ -395,6 +397,22 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
         c.pingOutstanding = false;
       }
     }
+    // The reverse session too, at the same pace. The hub judges it by what it
+    // hears from us, and its own PINGs queue behind the data it sends us: on a
+    // slow link, seconds of it in the hub's socket buffer, more than a short
+    // keepalive timeout. Ours travel the quiet direction. Their answers queue
+    // behind that data too, so they are not waited for (at most a few out).
+    const rev = this.#reverse;
+    const rp = this.#reversePing;
+    if (rev && !rev.destroyed && !rev.closed && now - rp.at >= hubInterval && rp.outstanding < REVERSE_PINGS_OUTSTANDING) {
+      rp.at = now;
+      rp.outstanding++;
+      try {
+        rev.ping(() => rp.outstanding--);
+      } catch {
+        rp.outstanding--;
+      }
+    }
   }
 
   async #openReverse(): Promise<void> {
@@ -414,6 +432,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       return;
     }
     const rev = http2.performServerHandshake(socket, http2SessionOptions);
+    this.#reversePing = { at: Date.now(), outstanding: 0 };
     rev.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
     this.#reverse = rev;
     socket.once('close', () => {
@@ -451,6 +470,10 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     this.emit('fatal', err);
   }
 }
+
+/** Unanswered keepalive PINGs on the reverse session before we skip one
+ * (node:http2 allows 10 outstanding by default). */
+const REVERSE_PINGS_OUTSTANDING = 3;
 
 function isKnown(code: string): code is ErrorCode {
   return (Object.values(ErrorCodes) as string[]).includes(code);

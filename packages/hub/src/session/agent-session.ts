@@ -50,6 +50,8 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   #reverseBytesSeen = 0;
   #reverseHeardAt = 0;
   #bytesSeen = 0;
+  #beatAt = 0;
+  #beatsOut = 0;
   #closeReason: string | undefined;
 
   /** How long a bulk send may wait for the agent to read (its keepalive timeout). */
@@ -130,14 +132,28 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
 
   /** Whether bytes arrived from the agent on the main session since the last
    * call (the keepalive sweep's visit). Data proves the agent alive as well as
-   * a PING answer does, and the answer can wait a long time behind it: an
-   * agent completes its writes at once (eager-write-socket.ts), so on a slow
-   * uplink up to a window's worth of data (8 MiB: 30 s at 2 Mbit/s) may be
-   * queued ahead of its PING ACK. A silent or frozen agent still times out. */
-  readSinceLastVisit(): boolean {
+   * a PING answer does, and the answer can wait a long time behind it: on a
+   * slow uplink the agent's socket buffers (and, with EagerWriteSocket, its
+   * own queue, up to a window: 8 MiB, 30 s at 2 Mbit/s) may hold seconds of
+   * data ahead of its PING ACK. A silent or frozen agent still times out. */
+  readSinceLastVisit(): number {
     const n = bytesReadOf(this.main);
-    if (n === this.#bytesSeen) return false;
+    const fresh = n - this.#bytesSeen;
     this.#bytesSeen = n;
+    return fresh;
+  }
+
+  /** A PING to an agent that sends us data, once an interval: the sweep's
+   * heartbeat (session-manager.ts). Its answer is not waited for. */
+  beat(now: number, intervalMs: number): boolean {
+    if (now - this.#beatAt < intervalMs || this.#beatsOut >= BEATS_OUTSTANDING) return false;
+    this.#beatAt = now;
+    this.#beatsOut++;
+    try {
+      this.main.ping(() => this.#beatsOut--);
+    } catch {
+      this.#beatsOut--;
+    }
     return true;
   }
 
@@ -163,7 +179,7 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
    * else would notice on a session the agent only serves. A reverse session
    * that stops answering is destroyed: its streams reset, visibly, and the
    * agent opens a new one. */
-  sweepReverse(now: number, pingAfterMs: number, timeoutMs: number, onPing: () => void): void {
+  sweepReverse(now: number, probeAfterMs: number, timeoutMs: number, onPing: () => void): void {
     const r = this.#reverse;
     if (!r || r.destroyed) return;
     // Bytes from the agent count as a sign of life here too (readSinceLastVisit).
@@ -177,7 +193,10 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
       r.destroy();
       return;
     }
-    if (this.#reversePinging || now - this.#reverseAckAt < pingAfterMs) return;
+    // Agents PING their reverse session every interval, so a PING of ours is
+    // a probe of one gone quiet (or of an earlier agent that does not): ours
+    // would queue behind the data we send it, theirs do not.
+    if (this.#reversePinging || now - Math.max(this.#reverseAckAt, this.#reverseHeardAt) < probeAfterMs) return;
     this.#reversePinging = true;
     onPing();
     try {
@@ -255,6 +274,9 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     this.emit('close', why);
   }
 }
+
+/** Unanswered heartbeat PINGs before the next is skipped (node:http2 allows 10). */
+const BEATS_OUTSTANDING = 3;
 
 /** Bytes read so far from the session's socket (0 once it is gone). */
 function bytesReadOf(session: ServerHttp2Session | ClientHttp2Session): number {

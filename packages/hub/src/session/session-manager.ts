@@ -7,6 +7,10 @@ import type { Logger } from '../log.js';
 import type { Registry } from '../registry/registry.js';
 import type { AgentSession } from './agent-session.js';
 
+/** Bytes from an agent within half an interval that make it busy (heartbeat
+ * PINGs): far above its keepalive PING and control messages. */
+const BUSY_BYTES = 16 * 1024;
+
 export interface SessionManagerOptions {
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
@@ -148,9 +152,9 @@ export class SessionManager {
     const step = this.#step;
     // The agent PINGs every interval (proto limits.ts); PING it ourselves
     // only when it has been silent for two, or half an interval before the
-    // timeout if that comes first. `pingAfter` paces the reverse sessions.
+    // timeout if that comes first; the same for the reverse sessions, which
+    // agents PING as they do their main session.
     const probeAfter = Math.min(2 * interval, timeout - step);
-    const pingAfter = interval - step / 2;
     const q = this.#due;
     const end = q.length; // sessions re-queued by this sweep wait for the next one
     let i = this.#dueHead;
@@ -158,7 +162,8 @@ export class SessionManager {
       const s = q[i] as AgentSession;
       if (s.keepaliveDue > now) break;
       if (s.closed || this.#byEndpoint.get(s.endpoint) !== s) continue;
-      if (s.readSinceLastVisit()) s.lastHeardAt = now;
+      const fresh = s.readSinceLastVisit();
+      if (fresh > 0) s.lastHeardAt = now;
       // Alive: any bytes from it (its PINGs among them) or an answer to ours.
       const silent = now - Math.max(s.lastAckAt, s.lastHeardAt);
       if (silent > timeout) {
@@ -169,7 +174,7 @@ export class SessionManager {
         s.close('certificate expired');
         continue;
       }
-      s.sweepReverse(now, pingAfter, timeout, this.#countReversePing);
+      s.sweepReverse(now, probeAfter, timeout, this.#countReversePing);
       // A silent agent gets a PING; its answer ends the silence. (An agent
       // that sends anything is not silent, so no answer of its queues behind
       // its data: one PING at a time is enough.)
@@ -185,6 +190,13 @@ export class SessionManager {
           s.pingOutstanding = false;
         }
       }
+      // An agent sending us data gets a PING every interval as well. Its own
+      // PINGs, and so our answers, queue behind its uploads (on a slow uplink,
+      // seconds of them in its socket buffers), and our WINDOW_UPDATEs come
+      // only every half window it sends: without these it could hear nothing
+      // from us for longer than its timeout. Idle agents (a PING an interval)
+      // are not busy and cost nothing more.
+      else if (fresh >= BUSY_BYTES && s.beat(now, interval)) this.pings.sent++;
       s.keepaliveDue = now + step;
       q.push(s);
     }
