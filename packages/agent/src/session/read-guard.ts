@@ -44,6 +44,8 @@ interface TcpHandle {
 }
 interface TlsHandle {
   readStart(): number;
+  /** net.Socket's own view: false while JavaScript paused the socket. */
+  reading?: boolean;
   _parent?: TcpHandle;
 }
 
@@ -93,7 +95,9 @@ export class ReadGuard {
     if (!h || this.#socket.destroyed) return;
     const now = Date.now();
     const queued = h.tcp.writeQueueSize > 0;
-    if (queued && h.tls.readStart() === 0) {
+    // Never a socket JavaScript paused: it starts that one itself, and takes
+    // EALREADY from a socket already reading for an error.
+    if (queued && h.tls.reading !== false && h.tls.readStart() === 0) {
       ReadGuard.resumes++;
       this.#stalledAt = now;
     }
