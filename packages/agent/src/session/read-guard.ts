@@ -65,6 +65,7 @@ export class ReadGuard {
   #moved = -1;
   #busyAt = 0;
   #stalledAt = 0;
+  #read = 0;
 
   private constructor(socket: tls.TLSSocket) {
     this.#socket = socket;
@@ -80,9 +81,12 @@ export class ReadGuard {
     return tcpOf(socket) ? new ReadGuard(socket) : undefined;
   }
 
-  /** Bytes read from the peer so far, TLS records included. */
+  /** Bytes read from the peer so far, TLS records included (the last count
+   * once the socket is gone, so that a closed socket does not look alive). */
   get bytesRead(): number {
-    return tcpOf(this.#socket)?.tcp.bytesRead ?? 0;
+    const n = tcpOf(this.#socket)?.tcp.bytesRead;
+    if (n !== undefined) this.#read = n;
+    return this.#read;
   }
 
   #schedule(ms: number): void {
