@@ -143,14 +143,22 @@ export class Daemon {
   }
 
   async waitLog(match: (l: Record<string, unknown>) => boolean, timeoutMs = 20_000): Promise<Record<string, unknown>> {
-    return waitFor(
-      () => {
-        const hit = this.logs().find(match);
-        if (!hit && !this.running) throw new Error(`process exited (${this.child.exitCode ?? this.child.signalCode}): ${this.stderr.trim()}`);
-        return hit;
-      },
-      { timeoutMs, what: `log line (stderr: ${this.stderr.trim().slice(0, 300)})` },
-    );
+    try {
+      return await waitFor(
+        () => {
+          const hit = this.logs().find(match);
+          if (!hit && !this.running) throw new Error(`process exited (${this.child.exitCode ?? this.child.signalCode}): ${this.stderr.trim()}`);
+          return hit;
+        },
+        { timeoutMs, what: 'log line' },
+      );
+    } catch (err) {
+      // What the daemon did meanwhile: the last lines say why a flake was one.
+      const tail = this.logs()
+        .slice(-12)
+        .map(({ time, msg, level, app, pid, hostname, ...rest }) => `${String(msg)} ${JSON.stringify(rest)}`);
+      throw new Error(`${(err as Error).message}; stderr: ${this.stderr.trim().slice(0, 300)}; last log lines:\n${tail.join('\n')}`);
+    }
   }
 
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number | null> {
