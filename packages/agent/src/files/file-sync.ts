@@ -233,6 +233,12 @@ export class FileSync {
       await pipeline(req, hashingTap(hash), createWriteStream(partial, { flags: offset > 0 ? 'a' : 'w', mode: 0o600, highWaterMark: FILE_IO_CHUNK_BYTES }));
     }
     const size = (await stat(partial)).size;
+    if (size < entry.size) {
+      // The download stopped short: node:http2 ends the streams of a session
+      // that died (hub killed, link cut) as if they had finished. What arrived
+      // is kept, and the next attempt resumes after it.
+      throw new ZtmError(ErrorCodes.HUB_UNREACHABLE, `download of ${entry.name} stopped at ${size} of ${entry.size} bytes; resuming when the hub is back`);
+    }
     const actual = size !== entry.size ? '' : hash ? hash.digest('hex') : await sha256OfFile(partial);
     if (actual !== entry.sha256) {
       await rm(partial, { force: true });
