@@ -191,8 +191,7 @@ class Agent {
     this.lastAckAt = 0;
     this.lastPingAt = 0;
     this.pingOutstanding = false;
-    this.reversePingAt = 0;
-    this.reversePings = 0;
+    this.reversePing = undefined;
     this.closed = false;
     this.connecting = false;
     this.failures = 0;
@@ -292,8 +291,7 @@ class Agent {
       if (this.reverse === rev) this.reverse = undefined;
     });
     this.reverse = rev;
-    this.reversePingAt = Date.now();
-    this.reversePings = 0;
+    this.reversePing = new proto.Heartbeat(Date.now());
   }
 
   close() {
@@ -311,16 +309,7 @@ const sweep = setInterval(
     const now = Date.now();
     for (const a of agents.values()) {
       // The reverse session too, answers not waited for (at most 3 out).
-      const rev = a.reverse;
-      if (rev && !rev.destroyed && now - a.reversePingAt >= KEEPALIVE_INTERVAL_MS && a.reversePings < 3) {
-        a.reversePingAt = now;
-        a.reversePings++;
-        try {
-          rev.ping(() => a.reversePings--);
-        } catch {
-          a.reversePings--;
-        }
-      }
+      if (a.reverse && !a.reverse.destroyed) a.reversePing.beat(a.reverse, now, KEEPALIVE_INTERVAL_MS);
       if (!a.online || a.pingOutstanding || now - a.lastPingAt < KEEPALIVE_INTERVAL_MS) continue;
       a.pingOutstanding = true;
       a.lastPingAt = now;

@@ -13,6 +13,7 @@ export * from './cli-format.js';
 export * from './tunnel.js';
 export * from './splice.js';
 export * from './h2-io.js';
+export * from './heartbeat.js';
 export * from './mcs.js';
 export * from './metrics-http.js';
 export * from './files.js';

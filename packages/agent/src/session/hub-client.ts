@@ -21,6 +21,7 @@ import {
   FrameDecoder,
   HTTP2_SESSION_WINDOW_BYTES,
   Headers,
+  Heartbeat,
   HubMessage,
   KEEPALIVE_INTERVAL_MS,
   KEEPALIVE_TIMEOUT_MS,
@@ -86,8 +87,8 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
   #state: HubClientState = 'idle';
   #conn: Connection | undefined;
   #reverse: http2.ServerHttp2Session | undefined;
-  /** Our keepalive PINGs on the reverse session: when the last went, how many are unanswered. */
-  #reversePing = { at: 0, outstanding: 0 };
+  /** Our keepalive PINGs on the reverse session. */
+  #reversePing = new Heartbeat();
   #reverseWanted = false;
   #attempt = 0;
   #hubIndex = 0;
@@ -403,16 +404,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     // keepalive timeout. Ours travel the quiet direction. Their answers queue
     // behind that data too, so they are not waited for (at most a few out).
     const rev = this.#reverse;
-    const rp = this.#reversePing;
-    if (rev && !rev.destroyed && !rev.closed && now - rp.at >= hubInterval && rp.outstanding < REVERSE_PINGS_OUTSTANDING) {
-      rp.at = now;
-      rp.outstanding++;
-      try {
-        rev.ping(() => rp.outstanding--);
-      } catch {
-        rp.outstanding--;
-      }
-    }
+    if (rev && !rev.destroyed && !rev.closed) this.#reversePing.beat(rev, now, hubInterval);
   }
 
   async #openReverse(): Promise<void> {
@@ -432,7 +424,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
       return;
     }
     const rev = http2.performServerHandshake(socket, http2SessionOptions);
-    this.#reversePing = { at: Date.now(), outstanding: 0 };
+    this.#reversePing = new Heartbeat(Date.now());
     rev.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
     this.#reverse = rev;
     socket.once('close', () => {
@@ -470,10 +462,6 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     this.emit('fatal', err);
   }
 }
-
-/** Unanswered keepalive PINGs on the reverse session before we skip one
- * (node:http2 allows 10 outstanding by default). */
-const REVERSE_PINGS_OUTSTANDING = 3;
 
 function isKnown(code: string): code is ErrorCode {
   return (Object.values(ErrorCodes) as string[]).includes(code);

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { ClientHttp2Session, ClientHttp2Stream, OutgoingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import { constants as h2 } from 'node:http2';
-import { ErrorCodes, type HubMessage, Headers, type InboundEnds, PROTOCOL_VERSION, ZtmError, encodeFrame } from '@ztm/proto';
+import { ErrorCodes, Headers, Heartbeat, type HubMessage, type InboundEnds, PROTOCOL_VERSION, ZtmError, encodeFrame } from '@ztm/proto';
 import type { Logger } from '../log.js';
 import type { PeerIdentity } from './peer-identity.js';
 
@@ -50,8 +50,7 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   #reverseBytesSeen = 0;
   #reverseHeardAt = 0;
   #bytesSeen = 0;
-  #beatAt = 0;
-  #beatsOut = 0;
+  readonly #heartbeat = new Heartbeat();
   #closeReason: string | undefined;
 
   /** How long a bulk send may wait for the agent to read (its keepalive timeout). */
@@ -130,7 +129,7 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     }
   }
 
-  /** Whether bytes arrived from the agent on the main session since the last
+  /** How many bytes arrived from the agent on the main session since the last
    * call (the keepalive sweep's visit). Data proves the agent alive as well as
    * a PING answer does, and the answer can wait a long time behind it: on a
    * slow uplink the agent's socket buffers (and, with EagerWriteSocket, its
@@ -146,15 +145,7 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   /** A PING to an agent that sends us data, once an interval: the sweep's
    * heartbeat (session-manager.ts). Its answer is not waited for. */
   beat(now: number, intervalMs: number): boolean {
-    if (now - this.#beatAt < intervalMs || this.#beatsOut >= BEATS_OUTSTANDING) return false;
-    this.#beatAt = now;
-    this.#beatsOut++;
-    try {
-      this.main.ping(() => this.#beatsOut--);
-    } catch {
-      this.#beatsOut--;
-    }
-    return true;
+    return this.#heartbeat.beat(this.main, now, intervalMs);
   }
 
   attachReverse(reverse: ClientHttp2Session): void {
@@ -274,9 +265,6 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     this.emit('close', why);
   }
 }
-
-/** Unanswered heartbeat PINGs before the next is skipped (node:http2 allows 10). */
-const BEATS_OUTSTANDING = 3;
 
 /** Bytes read so far from the session's socket (0 once it is gone). */
 function bytesReadOf(session: ServerHttp2Session | ClientHttp2Session): number {
