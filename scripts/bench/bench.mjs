@@ -322,6 +322,13 @@ function baselineTree(machine) {
 async function startPath(name, targets, machine) {
   if (name === 'direct') return [await direct(targets)];
   if (name === 'ztm') return [await ztm(targets)];
+  if (name === 'ztm-jehub') {
+    // The hub on jemalloc (the units' opt-in), its MALLOC_CONF from ZTM_BENCH_JE_CONF.
+    const hubEnv = { LD_PRELOAD: 'libjemalloc.so.2', MALLOC_CONF: process.env.ZTM_BENCH_JE_CONF ?? '' };
+    const p = await ztm(targets, { tag: 'ztm-jehub', hubEnv });
+    p.notes = `the ztm path, the hub on jemalloc (MALLOC_CONF '${hubEnv.MALLOC_CONF}')`;
+    return [p];
+  }
   if (name === 'base') {
     if (!baselineRef) throw new Error('scenario base needs --baseline REF');
     const b = baselineTree(machine);

@@ -202,7 +202,7 @@ class Agent {
     this.connecting = true;
     await dialSlot();
     try {
-      const socket = await dial({ ALPNProtocols: [ALPN_SESSION], cert: this.id.certPem, key: this.id.keyPem });
+      const socket = await dial({ ALPNProtocols: [ALPN_SESSION], cert: proto.certChainPem(this.id.certPem, caPem), key: this.id.keyPem });
       await new Promise((resolvePromise, reject) => {
         const session = http2.connect(`https://${hubHost}:${hubPort}`, { createConnection: () => socket, ...http2SessionOptions });
         session.on('connect', () => session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
@@ -278,7 +278,7 @@ class Agent {
 
   async openReverse() {
     if (!this.online || this.reverse) return;
-    const socket = await dial({ ALPNProtocols: [ALPN_REVERSE], cert: this.id.certPem, key: this.id.keyPem });
+    const socket = await dial({ ALPNProtocols: [ALPN_REVERSE], cert: proto.certChainPem(this.id.certPem, caPem), key: this.id.keyPem });
     const rev = http2.performServerHandshake(socket, http2SessionOptions);
     rev.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
     rev.on('error', () => {});

@@ -22,6 +22,7 @@ import {
   Paths,
   SUPPORTED_VERSIONS,
   ZtmError,
+  certChainPem,
   http2SessionOptions,
   isValidName,
   parseDurationMs,
@@ -136,7 +137,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Hub {
 
   const server = tls.createServer({
     key: deps.serverCert.keyPem,
-    cert: deps.serverCert.certPem,
+    // With its issuer, so that OpenSSL does not build the chain on every handshake.
+    cert: certChainPem(deps.serverCert.certPem, deps.ca.certPem),
     ca: [deps.ca.certPem],
     requestCert: true,
     // Unauthenticated clients may complete TLS only to enrol; every other route
