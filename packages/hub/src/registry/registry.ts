@@ -55,10 +55,15 @@ export interface EnrolmentRecord {
   now: number;
 }
 
+/** How long a last-seen time may wait to be written (see touch). */
+export const TOUCH_FLUSH_MS = 1_000;
+
 export class Registry {
   readonly #db: Database.Database;
   readonly #file: string;
   readonly #stmts;
+  readonly #touches = new Map<string, { now: number; address: string | null }>();
+  #touchTimer: NodeJS.Timeout | undefined;
   /** Told about every write the disk refused (for the hub's log). */
   onWriteError?: (err: ZtmError) => void;
 
@@ -159,6 +164,7 @@ export class Registry {
   }
 
   listEndpoints(): EndpointRow[] {
+    this.flushTouches();
     return this.#stmts.listEndpoints.all();
   }
 
@@ -206,13 +212,32 @@ export class Registry {
     );
   }
 
-  /** Last seen and address: advisory. A disk that refuses it is reported
-   * (onWriteError) and otherwise ignored, so sessions keep opening and closing. */
+  /** Last seen and address: advisory, so written in batches: a transaction per
+   * connect cost ≈ 80 µs of every handshake, and 10,000 agents reconnect at
+   * once after a hub restart. Kept here until the next flush (within
+   * TOUCH_FLUSH_MS, before any listing, at close). A disk that refuses it is
+   * reported (onWriteError) and otherwise ignored, so sessions keep opening
+   * and closing. */
   touch(name: string, now: number, address: string | null): void {
+    const prev = this.#touches.get(name);
+    this.#touches.set(name, { now, address: address ?? prev?.address ?? null });
+    this.#touchTimer ??= setTimeout(() => this.flushTouches(), TOUCH_FLUSH_MS).unref();
+  }
+
+  /** Write the pending last-seen times, in one transaction. */
+  flushTouches(): void {
+    clearTimeout(this.#touchTimer);
+    this.#touchTimer = undefined;
+    if (this.#touches.size === 0 || !this.#db.open) return;
+    const batch = [...this.#touches];
+    this.#touches.clear();
     try {
-      this.#stmts.touch.run(now, address, name);
+      this.#db.transaction(() => {
+        for (const [name, t] of batch) this.#stmts.touch.run(t.now, t.address, name);
+      })();
     } catch (err) {
-      if (!this.#storageError(`record when ${name} was last seen`, err)) throw err;
+      const names = batch.length === 1 ? batch[0]?.[0] : `${batch.length} endpoints`;
+      if (!this.#storageError(`record when ${names} ${batch.length === 1 ? 'was' : 'were'} last seen`, err)) throw err;
     }
   }
 
@@ -221,6 +246,7 @@ export class Registry {
   }
 
   close(): void {
+    this.flushTouches();
     if (this.#db.open) this.#db.close();
   }
 }

@@ -17,6 +17,11 @@ import type { PeerIdentity } from './peer-identity.js';
 const MAX_CONTROL_BACKLOG_BYTES = 1024 * 1024;
 const REVERSE_WAIT_MS = 5_000;
 
+/** Session ids (logs, welcome): a random prefix per hub process and a count,
+ * not a random draw per connect (OpenSSL's RNG per call was ≈ 20 µs of each). */
+const SESSION_ID_PREFIX = randomBytes(4).toString('hex');
+let sessionCount = 0;
+
 export interface OutboundEndPolicy {
   allowEndpoints: ReadonlySet<string>;
   allowUsers: ReadonlySet<string>;
@@ -25,7 +30,7 @@ export interface OutboundEndPolicy {
 export type SessionState = 'handshaking' | 'online' | 'closed';
 
 export class AgentSession extends EventEmitter<{ close: [reason: string]; reverse: [] }> {
-  readonly id = randomBytes(6).toString('hex');
+  readonly id = `${SESSION_ID_PREFIX}${(++sessionCount).toString(16)}`;
   readonly identity: PeerIdentity;
   readonly address: string;
   readonly connectedAt = Date.now();
