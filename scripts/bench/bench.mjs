@@ -32,7 +32,7 @@ import { baselineRoot } from './lib/baseline.mjs';
 import { fileSync } from './lib/filesync.mjs';
 import { hubScale } from './lib/hubscale.mjs';
 import { k8sExportImport } from './lib/k8s.mjs';
-import { MALLOC, ROOT, direct, frp, node3, ssh, startTargets, stunnel, ztm } from './lib/paths.mjs';
+import { MALLOC, ROOT, direct, frp, jemallocEnv, node3, ssh, startTargets, stunnel, ztm } from './lib/paths.mjs';
 import { cleanupAll, loadAverage, runDir, stop } from './lib/procs.mjs';
 import { connRate, iperf, latency, pushMemory } from './lib/workloads.mjs';
 
@@ -324,7 +324,7 @@ async function startPath(name, targets, machine) {
   if (name === 'ztm') return [await ztm(targets)];
   if (name === 'ztm-jehub') {
     // The hub on jemalloc (the units' opt-in), its MALLOC_CONF from ZTM_BENCH_JE_CONF.
-    const hubEnv = { LD_PRELOAD: 'libjemalloc.so.2', MALLOC_CONF: process.env.ZTM_BENCH_JE_CONF ?? '' };
+    const hubEnv = { ...jemallocEnv('scenario ztm-jehub'), MALLOC_CONF: process.env.ZTM_BENCH_JE_CONF ?? '' };
     const p = await ztm(targets, { tag: 'ztm-jehub', hubEnv });
     p.notes = `the ztm path, the hub on jemalloc (MALLOC_CONF '${hubEnv.MALLOC_CONF}')`;
     return [p];

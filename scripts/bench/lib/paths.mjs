@@ -98,14 +98,19 @@ const node = process.execPath;
 /** The allocator: glibc malloc, as the product ships; ZTM_BENCH_MALLOC=jemalloc
  * preloads libjemalloc.so.2 into the ztm processes (the opt-in the systemd
  * units and the image describe: less hub RSS per idle agent, more CPU per byte). */
-export const MALLOC = (() => {
-  if (process.env.ZTM_BENCH_MALLOC !== 'jemalloc') return { name: 'glibc malloc', env: {} };
+export const MALLOC =
+  process.env.ZTM_BENCH_MALLOC === 'jemalloc'
+    ? { name: 'jemalloc (ZTM_BENCH_MALLOC=jemalloc)', env: jemallocEnv('ZTM_BENCH_MALLOC=jemalloc') }
+    : { name: 'glibc malloc', env: {} };
+
+/** The environment that preloads jemalloc; throws, naming `who`, where it is
+ * not installed (ld.so would only warn and run on glibc malloc). */
+export function jemallocEnv(who) {
   try {
-    if (/libjemalloc\.so\.2 /.test(execFileSync('ldconfig', ['-p']).toString()))
-      return { name: 'jemalloc (ZTM_BENCH_MALLOC=jemalloc)', env: { LD_PRELOAD: 'libjemalloc.so.2' } };
+    if (/libjemalloc\.so\.2 /.test(execFileSync('ldconfig', ['-p']).toString())) return { LD_PRELOAD: 'libjemalloc.so.2' };
   } catch {}
-  throw new Error('ZTM_BENCH_MALLOC=jemalloc: libjemalloc.so.2 not found (apt install libjemalloc2)');
-})();
+  throw new Error(`${who}: libjemalloc.so.2 not found (apt install libjemalloc2)`);
+}
 
 /** A hub through the real CLI, as an operator makes one: `init` on a free
  * loopback port, a permit per name in `names` (files `base/<name>.permit.json`,

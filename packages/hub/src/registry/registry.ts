@@ -236,8 +236,8 @@ export class Registry {
         for (const [name, t] of batch) this.#stmts.touch.run(t.now, t.address, name);
       })();
     } catch (err) {
-      const names = batch.length === 1 ? batch[0]?.[0] : `${batch.length} endpoints`;
-      if (!this.#storageError(`record when ${names} ${batch.length === 1 ? 'was' : 'were'} last seen`, err)) throw err;
+      const who = batch.length === 1 ? `${batch[0]?.[0]} was` : `${batch.length} endpoints were`;
+      if (!this.#storageError(`record when ${who} last seen`, err)) throw err;
     }
   }
 
