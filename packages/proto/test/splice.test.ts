@@ -6,8 +6,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
+import { Duplex } from 'node:stream';
 import t from 'tap';
-import { DATA_HIGH_WATER_MARK_BYTES, type SpliceResult, splice, tuneDataStream } from '@ztm/proto';
+import { BULK_CHUNK_BYTES, DATA_HIGH_WATER_MARK_BYTES, type SpliceResult, splice, tuneDataStream } from '@ztm/proto';
 import { finCheck } from '../../../test/helpers/servers.js';
 
 /** A TCP pair on loopback: [client end, server end]. */
@@ -211,4 +212,55 @@ t.test('a TCP peer that half-closes still passes on a clean end (the probe does 
   t.equal(Buffer.concat(await got).length, 5000, 'all bytes, then a clean end');
   client.end();
   t.equal((await done).end, 'done');
+});
+
+t.test('write batching: small chunks go at once; a bulk chunk corks and the rest of its turn leaves with it', async (t) => {
+  // The destination records how node's Writable hands it the data: one
+  // _write per chunk written at once, one _writev per corked batch.
+  const calls: string[] = [];
+  let corks = 0;
+  const src = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
+  const dst = new Duplex({
+    read() {},
+    write(c: Buffer, _e, cb) {
+      calls.push(`write ${c.length}`);
+      cb();
+    },
+    writev(cs: { chunk: Buffer }[], cb) {
+      calls.push(`writev ${cs.map((x) => x.chunk.length).join('+')}`);
+      cb();
+    },
+  });
+  const cork = dst.cork.bind(dst);
+  dst.cork = () => {
+    corks++;
+    cork();
+  };
+  splice({ stream: src, reset: () => src.destroy() }, { stream: dst, reset: () => dst.destroy() }, () => {}, { batchWrites: true });
+  const turn = () => new Promise((r) => setImmediate(r));
+  const chunk = (n: number) => Buffer.alloc(n, 1);
+  await turn(); // the source starts flowing on the next tick
+
+  src.push(chunk(64));
+  t.same(calls, ['write 64'], 'a small chunk is written before the turn ends');
+  src.push(chunk(100));
+  t.same(calls, ['write 64', 'write 100'], 'so is the next');
+  await turn();
+  t.equal(corks, 0, 'no cork for small chunks');
+
+  calls.length = 0;
+  src.push(chunk(BULK_CHUNK_BYTES));
+  src.push(chunk(BULK_CHUNK_BYTES));
+  src.push(chunk(10));
+  t.same(calls, [], 'a bulk chunk corks');
+  await turn();
+  await turn();
+  t.same(calls, [`writev ${BULK_CHUNK_BYTES}+${BULK_CHUNK_BYTES}+10`], 'the turn’s chunks leave in one writev');
+  t.equal(corks, 1);
+
+  calls.length = 0;
+  src.push(chunk(20));
+  t.same(calls, ['write 20'], 'the next turn starts uncorked');
+  src.destroy();
+  dst.destroy();
 });
