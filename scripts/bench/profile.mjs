@@ -2,13 +2,18 @@
 // `node --cpu-prof` while one workload goes through the tunnel, and, where
 // `perf` works, each is also sampled by `perf record` (native view: kernel,
 // OpenSSL, memcpy, V8, nghttp2, libuv). Started by `scripts/bench/run --profile`.
+// With `--alloc` the three run V8's sampling heap profiler instead
+// (lib/alloc-sampler.cjs) and the report is the bytes each allocates per
+// round trip, connection or MB moved, by allocating function.
 //
-//   scripts/bench/run --profile [--workload iperf|iperf8|conns|latency] [--seconds N] [--out FILE]
+//   scripts/bench/run --profile [--alloc] [--workload iperf|iperf8|conns|latency] [--seconds N] [--out FILE]
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { formatAlloc, summariseAlloc } from './lib/allocprofile.mjs';
 import { format, summarise } from './lib/cpuprofile.mjs';
-import { startTargets, ztm } from './lib/paths.mjs';
+import { MALLOC, startTargets, ztm } from './lib/paths.mjs';
 import { cleanupAll, runDir, sleep, stop } from './lib/procs.mjs';
 import { connRate, iperf, latency } from './lib/workloads.mjs';
 
@@ -20,6 +25,7 @@ const opt = (name, dflt) => {
 const workload = opt('--workload', 'iperf');
 const seconds = Number(opt('--seconds', 8));
 const outFile = opt('--out');
+const alloc = argv.includes('--alloc');
 const rr = process.env.ZTM_BENCH_RR;
 const log = (m) => process.stderr.write(`${m}\n`);
 
@@ -94,11 +100,21 @@ async function main() {
   const dir = join(runDir(), 'cpuprof');
   mkdirSync(dir, { recursive: true });
   const targets = await startTargets(rr);
-  log(`profile: ztm path under --cpu-prof, workload ${workload}, ${seconds} s`);
-  const mesh = await ztm(targets, { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
+  log(`profile: ztm path under ${alloc ? 'the sampling heap profiler' : '--cpu-prof'}, workload ${workload}, ${seconds} s`);
+  const mesh = alloc
+    ? await ztm(targets, {
+        nodeArgs: ['--require', fileURLToPath(new URL('./lib/alloc-sampler.cjs', import.meta.url))],
+        env: { ...MALLOC.env, ZTM_ALLOC_DIR: dir },
+      })
+    : await ztm(targets, { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
   const roles = { hub: mesh.roles.relay, entry: mesh.roles.entry, exit: mesh.roles.exit };
   await iperf(mesh.ports.iperf, {}, { seconds: 1 });
-  const usePerf = perfWorks();
+  if (workload === 'latency') await latency(rr, mesh.ports.echo, { count: 2000 });
+  const usePerf = !alloc && perfWorks();
+  if (alloc) {
+    for (const pid of Object.values(roles)) process.kill(pid, 'SIGUSR2');
+    await sleep(300);
+  }
   const perfs = [];
   if (usePerf) {
     for (const [role, pid] of Object.entries(roles)) {
@@ -119,20 +135,24 @@ async function main() {
   const io0 = Object.fromEntries(Object.entries(roles).map(([k, pid]) => [k, io(pid)]));
   let result;
   let bytesMoved = 0;
+  let units = { n: 1, unit: 'run' };
   const nowUs = () => Number(process.hrtime.bigint() / 1000n);
   const window = { fromUs: nowUs(), toUs: 0 };
   if (workload === 'iperf' || workload === 'iperf8') {
     const r = await iperf(mesh.ports.iperf, roles, { seconds, streams: workload === 'iperf8' ? 8 : 1 });
     bytesMoved = r.bytes;
+    units = { n: r.bytes / 1e6, unit: 'MB moved' };
     result = `${r.gbps.toFixed(2)} Gbit/s; CPU s/GB: ${Object.entries(r.cpu)
       .map(([k, v]) => `${k} ${(v / (r.bytes / 1e9)).toFixed(2)}`)
       .join(', ')}`;
   } else if (workload === 'conns') {
     const r = await connRate(rr, mesh.ports.echo, { parallel: 16, seconds, max: 1_000_000 });
     result = `${r.connsPerSec} conns/s (16 parallel), ${r.errors} errors`;
+    units = { n: Math.max(1, r.connsPerSec * seconds), unit: 'connection' };
   } else {
     const r = await latency(rr, mesh.ports.echo, { count: Math.round(seconds * 3000) });
     result = `p50 ${r.p50us} µs, p99 ${r.p99us} µs over ${r.count} round trips`;
+    units = { n: r.count, unit: 'round trip' };
   }
   window.toUs = nowUs();
   const sys = Object.entries(roles).map(([k, pid]) => {
@@ -142,6 +162,7 @@ async function main() {
     return `${k}: ${r} read / ${w} write syscalls${bytesMoved ? ` (${Math.round(bytesMoved / Math.max(1, w) / 1024)} KiB moved per write)` : ''}`;
   });
   await Promise.all(perfs.map((p) => p.done));
+  if (alloc) return allocReport(dir, roles, units, result, sys);
   // SIGTERM: the daemons exit cleanly and V8 writes the profiles.
   await stop(mesh.agents.a.h, 'SIGTERM', 15_000);
   await stop(mesh.agents.b.h, 'SIGTERM', 15_000);
@@ -167,6 +188,24 @@ async function main() {
       }
     }
   } else out.push('perf: not available here (perf record failed); JS view only');
+  const text = out.join('\n');
+  console.log(text);
+  if (outFile) writeFileSync(outFile, `${text}\n`);
+}
+
+async function allocReport(dir, roles, units, result, sys) {
+  for (const pid of Object.values(roles)) process.kill(pid, 'SIGUSR2');
+  const files = Object.fromEntries(Object.entries(roles).map(([role, pid]) => [role, join(dir, `alloc-${pid}.json`)]));
+  for (let i = 0; i < 100 && !Object.values(files).every((f) => readdirSync(dir).includes(f.split('/').pop())); i++) await sleep(100);
+  await sleep(300); // the last file may still be being written
+  const out = [`workload ${workload} through the ztm path: ${result}`, `syscalls (/proc/PID/io) — ${sys.join('; ')}`, ''];
+  for (const [role, f] of Object.entries(files)) {
+    try {
+      out.push(formatAlloc(`${role}`, units.unit, summariseAlloc(f, units.n)), '');
+    } catch (err) {
+      out.push(`${role}: no allocation profile (${err.message})`, '');
+    }
+  }
   const text = out.join('\n');
   console.log(text);
   if (outFile) writeFileSync(outFile, `${text}\n`);
