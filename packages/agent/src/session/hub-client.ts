@@ -341,7 +341,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     conn.dead = true;
     if (this.#conn !== conn) return;
     this.#conn = undefined;
-    this.#reverse?.close();
+    this.#retireReverse();
     if (this.#state === 'stopped' || this.#state === 'fatal') return;
     this.#o.log.warn({ reason }, 'offline');
     this.emit('offline', reason);
@@ -407,6 +407,28 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     if (rev && !rev.destroyed && !rev.closed) this.#reversePing.beat(rev, now, hubInterval);
   }
 
+  /** The main connection is gone: close the reverse session gracefully (its
+   * streams may finish), but destroy it if it is still open after a keepalive
+   * timeout. Its PINGs went with the main connection's keepalive, and a hub
+   * that died while this side was not reading the reverse socket (a write
+   * pending, see read-guard.ts) leaves that socket looking alive: without the
+   * deadline the tunnels through it, and the target connections behind them,
+   * hung open for good (test/faults-process.test.ts). A hub shutting down
+   * gracefully drops its streams after its own grace (10 s), well within it. */
+  #retireReverse(): void {
+    const rev = this.#reverse;
+    if (!rev || rev.destroyed) return;
+    rev.close();
+    const deadline = setTimeout(() => {
+      if (!rev.destroyed) {
+        this.#o.log.warn({ streams: reverseStreams(rev) }, 'reverse session still open a keepalive timeout after the hub went; dropping it');
+        rev.destroy();
+      }
+    }, this.#o.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS);
+    deadline.unref();
+    rev.once('close', () => clearTimeout(deadline));
+  }
+
   async #openReverse(): Promise<void> {
     if (this.#reverse && !this.#reverse.destroyed && !this.#reverse.closed) return;
     const c = this.#conn;
@@ -461,6 +483,12 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     this.#reverse?.destroy();
     this.emit('fatal', err);
   }
+}
+
+/** How many streams a session has open (node keeps no public count). */
+function reverseStreams(rev: http2.Http2Session): number | undefined {
+  const state = (rev as unknown as { state?: { streamCount?: number } }).state;
+  return state?.streamCount;
 }
 
 function isKnown(code: string): code is ErrorCode {
