@@ -3,17 +3,19 @@
  * and agents restarted in several orders. Afterwards the registry passes
  * SQLite's integrity check, nothing acknowledged is lost, agents come back on
  * their own, tunnels carry identical bytes, file copies are identical, and
- * nothing reports success on partial data.
+ * nothing reports success on partial data; an agent whose hub went silent
+ * under its reverse session does not keep the exit ends open.
  */
 import { createHash } from 'node:crypto';
-import type { Socket } from 'node:net';
+import { type Socket, connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
-import { agentCli, freePort, startHub, testDir, waitFor } from './helpers/index.js';
+import { agentCli, freePort, runAgent, startHub, testDir, waitFor } from './helpers/index.js';
 import { assertRefused, hubEndpointsFast, permitFast, waitOnline } from './helpers/e2e-checks.js';
 import { connect, echoServer, finCheck, pseudoRandom, tcpServer, writeAll } from './helpers/servers.js';
 import { type Mesh, openTunnel } from './helpers/tunnels.js';
 import {
+  AGENT_ARGS,
   HUB_ARGS,
   MiB,
   inspectRegistry,
@@ -352,4 +354,75 @@ t.test('restart in every order', async (t) => {
     [...files].sort(([x], [y]) => (x < y ? -1 : 1)),
     'the catalogue holds exactly the files published, nothing from the refused publish',
   );
+});
+
+// ---------------------------------------------------------------- 3. the hub gone silent under a reverse session
+
+t.test('the main connection cut, the reverse session left open and silent: the exit ends are reset within the keepalive timeout', async (t) => {
+  // What a hub killed while the exit agent was not reading its reverse socket
+  // looks like from the agent (1. above hit it in about one run of nine): the
+  // main connection closes, the reverse session's socket stays open and says
+  // nothing. Agent b reaches the hub through a proxy that stages exactly that.
+  const hub = await startHub(t, { serveArgs: HUB_ARGS });
+  const a = await agent(t, hub, 'a');
+  const conns: { client: Socket; upstream: Socket; reverse: boolean }[] = [];
+  let refuse = false;
+  const proxy = await tcpServer(t, (client) => {
+    if (refuse) return void client.destroy();
+    const upstream = netConnect({ port: hub.port, host: '127.0.0.1' });
+    upstream.on('error', () => client.destroy());
+    const c = { client, upstream, reverse: false };
+    conns.push(c);
+    // The ClientHello names the protocol in clear (ALPN): ztm-rev/1 is the reverse session.
+    client.once('data', (hello: Buffer) => {
+      c.reverse = hello.includes('ztm-rev/1');
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  const dirB = join(testDir(t), 'b');
+  const joined = await agentCli(['join', '--permit', await permitFast(hub, 'b'), '--data', dirB]);
+  t.equal(joined.code, 0, 'b joined');
+  const b = await runAgent(t, dirB, 'b', [...AGENT_ARGS, '--hub', `127.0.0.1:${proxy.port}`]);
+
+  let how: How = 'open';
+  let endedAt = 0;
+  const target = await tcpServer(t, (s) => {
+    const ended = (h: How) => {
+      if (how !== 'open') return;
+      how = h;
+      endedAt = Date.now();
+    };
+    s.once('end', () => ended('end'));
+    s.once('error', () => ended('error'));
+    s.once('close', () => ended('close'));
+    s.pipe(s);
+  });
+  const port = await freePort();
+  await openTunnel({ hub, agents: { a, b } }, 'a', 'b', 'tcp/silent', target.port, port);
+  await tunnelWorks(port, 'tunnel up');
+  await waitFor(() => conns.some((c) => c.reverse), { what: "b's reverse session through the proxy" });
+
+  // One connection open through the tunnel, its exit end on b's reverse session.
+  how = 'open';
+  const client = await connect(port);
+  client.on('error', () => {});
+  client.write('ping');
+  await new Promise((r) => client.once('data', r));
+  t.equal(how, 'open', 'the target connection is open');
+
+  refuse = true;
+  for (const c of conns) {
+    c.client.unpipe(c.upstream);
+    c.upstream.unpipe(c.client);
+    c.upstream.destroy();
+    if (c.reverse) c.client.pause();
+    else c.client.destroy();
+  }
+  const cutAt = Date.now();
+  await waitFor(() => how !== 'open', { timeoutMs: 10_000, what: 'the target connection to end' }).catch(() => {});
+  t.not(how, 'open', `the target connection ended (${how}), not left hanging`);
+  if (how !== 'open') t.ok(endedAt - cutAt < 3_000 + 2_000, `within the agent's keepalive timeout (3 s): ${endedAt - cutAt} ms`);
+  await waitFor(() => b.daemon.logs().some((l) => /reverse session still open/.test(String(l.msg))), { what: 'the drop logged' });
+  client.destroy();
 });
