@@ -64,12 +64,15 @@ t.test('udp flows expire when idle', async (t) => {
   const m = await startMesh(t, ['entry', 'exit'], { runArgs: [] });
   const echo = await udpEchoServer(t);
   const port = await freePort();
-  // Restart both agents with a short idle timeout through their YAML config.
+  // Restart both agents with a short idle timeout through their YAML config:
+  // 3 s, so that the look at the open flow below, an admin request after the
+  // echo, has time to spare on a busy machine (with 1 s it once came after the
+  // expiry: a CI run found the flow already closed as idle).
   const { writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
   for (const a of [m.agents.entry!, m.agents.exit!]) {
     const cfg = join(a.dir, 'agent.yaml');
-    writeFileSync(cfg, 'udpIdleTimeout: 1s\n');
+    writeFileSync(cfg, 'udpIdleTimeout: 3s\n');
     await a.restart(['--config', cfg]);
   }
   await openTunnel(m, 'entry', 'exit', 'udp/idle', echo.port, port);
@@ -79,6 +82,6 @@ t.test('udp flows expire when idle', async (t) => {
   c.send('x', port, '127.0.0.1');
   await r;
   t.equal((await tunnelList(m.agents.entry!))[0]?.stats.open, 1, 'flow open');
-  await waitFor(async () => (await tunnelList(m.agents.entry!))[0]?.stats.open === 0, { timeoutMs: 5000, what: 'idle expiry' });
+  await waitFor(async () => (await tunnelList(m.agents.entry!))[0]?.stats.open === 0, { timeoutMs: 10_000, what: 'idle expiry' });
   t.equal((await tunnelList(m.agents.entry!))[0]?.stats.closes.idle, 1, 'closed as idle');
 });
