@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { agentCli, freePort, runAgent, startHub, testDir, waitFor } from './helpers/index.js';
 import { assertRefused, hubEndpointsFast, permitFast, waitOnline } from './helpers/e2e-checks.js';
-import { connect, echoServer, finCheck, pseudoRandom, tcpServer, writeAll } from './helpers/servers.js';
+import { connect, echoServer, finCheck, onceEnded, pseudoRandom, tcpServer, writeAll } from './helpers/servers.js';
 import { type Mesh, openTunnel } from './helpers/tunnels.js';
 import {
   AGENT_ARGS,
@@ -139,15 +139,11 @@ t.test('kill -9 of the hub under tunnel load', async (t) => {
         if (head.length >= HEADER) server.set(head.subarray(0, HEADER).toString().trim(), rec);
       }
     });
-    const ended = (how: How) => {
-      if (rec.how !== 'open') return;
-      rec.how = how;
+    onceEnded(s, (how) => {
+      rec.how = how === 'end' && !sawFin() ? 'error' : how;
       rec.at = Date.now();
       rec.sha256 = h.digest('hex');
-    };
-    s.once('end', () => ended(sawFin() ? 'end' : 'error'));
-    s.once('error', () => ended('error'));
-    s.once('close', () => ended('close'));
+    });
     s.pipe(s);
   });
   const port = await freePort();
@@ -385,17 +381,16 @@ t.test('the main connection cut, the reverse session left open and silent: the e
   t.equal(joined.code, 0, 'b joined');
   const b = await runAgent(t, dirB, 'b', [...AGENT_ARGS, '--hub', `127.0.0.1:${proxy.port}`]);
 
-  let how: How = 'open';
-  let endedAt = 0;
+  // How the target's newest connection ended (each connection its own record,
+  // so that the end of an earlier one cannot count for a later one).
+  let newest = { how: 'open' as How, at: 0 };
   const target = await tcpServer(t, (s) => {
-    const ended = (h: How) => {
-      if (how !== 'open') return;
-      how = h;
-      endedAt = Date.now();
-    };
-    s.once('end', () => ended('end'));
-    s.once('error', () => ended('error'));
-    s.once('close', () => ended('close'));
+    const rec = { how: 'open' as How, at: 0 };
+    newest = rec;
+    onceEnded(s, (how) => {
+      rec.how = how;
+      rec.at = Date.now();
+    });
     s.pipe(s);
   });
   const port = await freePort();
@@ -404,12 +399,12 @@ t.test('the main connection cut, the reverse session left open and silent: the e
   await waitFor(() => conns.some((c) => c.reverse), { what: "b's reverse session through the proxy" });
 
   // One connection open through the tunnel, its exit end on b's reverse session.
-  how = 'open';
   const client = await connect(port);
   client.on('error', () => {});
   client.write('ping');
   await new Promise((r) => client.once('data', r));
-  t.equal(how, 'open', 'the target connection is open');
+  const conn = newest;
+  t.equal(conn.how, 'open', 'the target connection is open');
 
   refuse = true;
   for (const c of conns) {
@@ -420,9 +415,9 @@ t.test('the main connection cut, the reverse session left open and silent: the e
     else c.client.destroy();
   }
   const cutAt = Date.now();
-  await waitFor(() => how !== 'open', { timeoutMs: 10_000, what: 'the target connection to end' }).catch(() => {});
-  t.not(how, 'open', `the target connection ended (${how}), not left hanging`);
-  if (how !== 'open') t.ok(endedAt - cutAt < 3_000 + 2_000, `within the agent's keepalive timeout (3 s): ${endedAt - cutAt} ms`);
+  await waitFor(() => conn.how !== 'open', { timeoutMs: 10_000, what: 'the target connection to end' }).catch(() => {});
+  t.not(conn.how, 'open', `the target connection ended (${conn.how}), not left hanging`);
+  if (conn.how !== 'open') t.ok(conn.at - cutAt < 3_000 + 2_000, `within the agent's keepalive timeout (3 s): ${conn.at - cutAt} ms`);
   await waitFor(() => b.daemon.logs().some((l) => /reverse session still open/.test(String(l.msg))), { what: 'the drop logged' });
   client.destroy();
 });

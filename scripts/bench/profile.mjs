@@ -8,7 +8,7 @@
 //
 //   scripts/bench/run --profile [--alloc] [--workload iperf|iperf8|conns|latency] [--seconds N] [--out FILE]
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatAlloc, summariseAlloc } from './lib/allocprofile.mjs';
@@ -162,12 +162,21 @@ async function main() {
     return `${k}: ${r} read / ${w} write syscalls${bytesMoved ? ` (${Math.round(bytesMoved / Math.max(1, w) / 1024)} KiB moved per write)` : ''}`;
   });
   await Promise.all(perfs.map((p) => p.done));
-  if (alloc) return allocReport(dir, roles, units, result, sys);
+  const out = [`workload ${workload} through the ztm path: ${result}`, `syscalls (/proc/PID/io) — ${sys.join('; ')}`, ''];
+  if (alloc) out.push(...(await allocReport(dir, roles, units)));
+  else out.push(...(await cpuReport(dir, roles, mesh, window, usePerf, perfs)));
+  const text = out.join('\n');
+  console.log(text);
+  if (outFile) writeFileSync(outFile, `${text}\n`);
+}
+
+/** The --cpu-prof JS view of each process and, where perf worked, the native one. */
+async function cpuReport(dir, roles, mesh, window, usePerf, perfs) {
   // SIGTERM: the daemons exit cleanly and V8 writes the profiles.
   await stop(mesh.agents.a.h, 'SIGTERM', 15_000);
   await stop(mesh.agents.b.h, 'SIGTERM', 15_000);
   await stop(mesh.hub, 'SIGTERM', 15_000);
-  const out = [`workload ${workload} through the ztm path: ${result}`, `syscalls (/proc/PID/io) — ${sys.join('; ')}`, ''];
+  const out = [];
   const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
   for (const f of files) {
     const pid = Number(f.split('.')[3]);
@@ -188,17 +197,16 @@ async function main() {
       }
     }
   } else out.push('perf: not available here (perf record failed); JS view only');
-  const text = out.join('\n');
-  console.log(text);
-  if (outFile) writeFileSync(outFile, `${text}\n`);
+  return out;
 }
 
-async function allocReport(dir, roles, units, result, sys) {
+/** Stop the sampling heap profilers and summarise what each process allocated. */
+async function allocReport(dir, roles, units) {
   for (const pid of Object.values(roles)) process.kill(pid, 'SIGUSR2');
+  // The sampler renames each file into place once written (lib/alloc-sampler.cjs).
   const files = Object.fromEntries(Object.entries(roles).map(([role, pid]) => [role, join(dir, `alloc-${pid}.json`)]));
-  for (let i = 0; i < 100 && !Object.values(files).every((f) => readdirSync(dir).includes(f.split('/').pop())); i++) await sleep(100);
-  await sleep(300); // the last file may still be being written
-  const out = [`workload ${workload} through the ztm path: ${result}`, `syscalls (/proc/PID/io) — ${sys.join('; ')}`, ''];
+  for (let i = 0; i < 100 && !Object.values(files).every((f) => existsSync(f)); i++) await sleep(100);
+  const out = [];
   for (const [role, f] of Object.entries(files)) {
     try {
       out.push(formatAlloc(`${role}`, units.unit, summariseAlloc(f, units.n)), '');
@@ -206,9 +214,7 @@ async function allocReport(dir, roles, units, result, sys) {
       out.push(`${role}: no allocation profile (${err.message})`, '');
     }
   }
-  const text = out.join('\n');
-  console.log(text);
-  if (outFile) writeFileSync(outFile, `${text}\n`);
+  return out;
 }
 
 main().then(

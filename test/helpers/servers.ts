@@ -42,6 +42,23 @@ export async function udpEchoServer(t: T): Promise<{ port: number; received: () 
   return { port: sock.address().port, received: () => n };
 }
 
+/** How a connection ended, as one side saw it first: a clean end of stream,
+ * an error (a reset) or a bare close. */
+export type ConnectionEnd = 'end' | 'error' | 'close';
+
+/** Calls `onEnd` once, with the first of `s`'s end, error and close. */
+export function onceEnded(s: net.Socket, onEnd: (how: ConnectionEnd) => void): void {
+  let seen = false;
+  const first = (how: ConnectionEnd) => {
+    if (seen) return;
+    seen = true;
+    onEnd(how);
+  };
+  s.once('end', () => first('end'));
+  s.once('error', () => first('error'));
+  s.once('close', () => first('close'));
+}
+
 export function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect({ port, host, allowHalfOpen: true });

@@ -421,7 +421,7 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     rev.close();
     const deadline = setTimeout(() => {
       if (!rev.destroyed) {
-        this.#o.log.warn({ streams: reverseStreams(rev) }, 'reverse session still open a keepalive timeout after the hub went; dropping it');
+        this.#o.log.warn('reverse session still open a keepalive timeout after the hub went; dropping it');
         rev.destroy();
       }
     }, this.#o.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS);
@@ -483,12 +483,6 @@ export class HubClient extends EventEmitter<{ online: [Welcome]; offline: [strin
     this.#reverse?.destroy();
     this.emit('fatal', err);
   }
-}
-
-/** How many streams a session has open (node keeps no public count). */
-function reverseStreams(rev: http2.Http2Session): number | undefined {
-  const state = (rev as unknown as { state?: { streamCount?: number } }).state;
-  return state?.streamCount;
 }
 
 function isKnown(code: string): code is ErrorCode {
