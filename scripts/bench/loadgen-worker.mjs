@@ -13,6 +13,7 @@
 // Driven by the parent over IPC (child_process.fork): messages { id, cmd, ... }
 // answered with { id, ok, ... }. Every loop is bounded; the process exits when
 // its parent goes away.
+import { X509Certificate } from 'node:crypto';
 import * as http2 from 'node:http2';
 import { dirname, join, resolve } from 'node:path';
 import * as tls from 'node:tls';
@@ -78,14 +79,28 @@ function noteError(err) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function dial(o) {
+/** A dial as the agent of the tree under test makes it: with hub-trust.ts where
+ * the tree has it (its certificate alone, the hub checked against the CA after
+ * the handshake), else as trees before it did (certificate and CA as the chain,
+ * the hub checked by OpenSSL). */
+let caCert;
+function dial(alpn, id) {
+  const o = proto.hubTlsOptions
+    ? proto.hubTlsOptions({ alpn, cert: id?.certPem, key: id?.keyPem, host: hubHost })
+    : { ca: [caPem], minVersion: 'TLSv1.3', ALPNProtocols: [alpn], ...(id && { cert: proto.certChainPem(id.certPem, caPem), key: id.keyPem }) };
+  if (proto.hubTlsOptions && caCert?.pem !== caPem) caCert = { pem: caPem, cert: new X509Certificate(caPem) };
+  const ca = proto.hubTlsOptions && caCert.cert;
   return new Promise((resolvePromise, reject) => {
-    const socket = tls.connect({ host: hubHost, port: hubPort, ca: [caPem], minVersion: 'TLSv1.3', ...o });
+    const socket = tls.connect({ host: hubHost, port: hubPort, ...o });
     const timer = setTimeout(() => socket.destroy(new Error('TLS handshake timed out')), DIAL_TIMEOUT_MS);
     socket.once('secureConnect', () => {
       clearTimeout(timer);
       socket.setNoDelay(true);
-      if (socket.alpnProtocol !== o.ALPNProtocols[0]) {
+      const untrusted = ca && proto.hubCertificateError(socket, ca, hubHost);
+      if (untrusted) {
+        socket.destroy();
+        reject(untrusted);
+      } else if (socket.alpnProtocol !== alpn) {
         socket.destroy();
         reject(new Error(`ALPN ${socket.alpnProtocol}`));
       } else resolvePromise(socket);
@@ -151,7 +166,7 @@ async function enrolAll(names, adminSocket, concurrency = 6, perSession = 150) {
     }
     t.permits += Date.now() - t0;
     t0 = Date.now();
-    const socket = await dial({ ALPNProtocols: [ALPN_SESSION] });
+    const socket = await dial(ALPN_SESSION);
     const session = http2.connect(`https://${hubHost}:${hubPort}`, { createConnection: () => socket, ...http2SessionOptions });
     session.on('error', () => {});
     try {
@@ -202,7 +217,7 @@ class Agent {
     this.connecting = true;
     await dialSlot();
     try {
-      const socket = await dial({ ALPNProtocols: [ALPN_SESSION], cert: proto.certChainPem(this.id.certPem, caPem), key: this.id.keyPem });
+      const socket = await dial(ALPN_SESSION, this.id);
       await new Promise((resolvePromise, reject) => {
         const session = http2.connect(`https://${hubHost}:${hubPort}`, { createConnection: () => socket, ...http2SessionOptions });
         session.on('connect', () => session.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES));
@@ -278,7 +293,7 @@ class Agent {
 
   async openReverse() {
     if (!this.online || this.reverse) return;
-    const socket = await dial({ ALPNProtocols: [ALPN_REVERSE], cert: proto.certChainPem(this.id.certPem, caPem), key: this.id.keyPem });
+    const socket = await dial(ALPN_REVERSE, this.id);
     const rev = http2.performServerHandshake(socket, http2SessionOptions);
     rev.setLocalWindowSize(HTTP2_SESSION_WINDOW_BYTES);
     rev.on('error', () => {});

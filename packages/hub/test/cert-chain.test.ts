@@ -1,7 +1,8 @@
-/** The hub and the agents give TLS their certificate with its issuer
- * (certChainPem), so that OpenSSL does not build the chain on every handshake.
- * The chain must stay a valid one: leaf first, then the mesh CA, accepted by
- * a peer that trusts only that CA, both ways, and refused by another mesh. */
+/** The hub gives TLS its certificate with its issuer (certChainPem), so that
+ * OpenSSL does not build the chain on every handshake. The chain must stay a
+ * valid one: leaf first, then the mesh CA, accepted by a peer that trusts
+ * only that CA, both ways, and refused by another mesh. (Agents present their
+ * certificate alone: test/hub-trust.test.ts.) */
 import { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';

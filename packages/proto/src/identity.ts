@@ -45,10 +45,11 @@ export interface EndpointInfo {
 
 /**
  * A certificate and the mesh CA that issued it as one PEM chain, for the
- * `cert` of a TLS context. Given a chain, OpenSSL sends it as it is; given the
- * certificate alone it builds the same chain from the trust store on every
- * handshake (a verification with a signature check: ≈ 0.1 ms of the hub's CPU
- * per connect, docs/performance.md). The bytes on the wire are the same.
+ * `cert` of the hub's TLS context. Given a chain, OpenSSL sends it as it is;
+ * given the certificate alone it builds the same chain from the trust store on
+ * every handshake (a verification with a signature check: ≈ 0.1 ms of the
+ * hub's CPU per connect, docs/performance.md). The bytes on the wire are the
+ * same. Agents send their certificate without the CA (hub-trust.ts).
  */
 export function certChainPem(certPem: string, caPem: string): string {
   return `${certPem.trimEnd()}\n${caPem.trimEnd()}\n`;

@@ -3,6 +3,7 @@ export * from './errors.js';
 export * from './limits.js';
 export * from './paths.js';
 export * from './identity.js';
+export * from './hub-trust.js';
 export * from './messages.js';
 export * from './codec.js';
 export * from './permit.js';

@@ -1,8 +1,8 @@
 /** TLS 1.3 dial to a hub address, with errors that say what to do. */
-import * as net from 'node:net';
+import { X509Certificate } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
-import { ErrorCodes, ZtmError, certChainPem } from '@ztm/proto';
+import { ErrorCodes, ZtmError, hubCertificateError, hubTlsOptions } from '@ztm/proto';
 import { EagerWriteSocket } from './eager-write-socket.js';
 import { ReadGuard } from './read-guard.js';
 
@@ -22,17 +22,6 @@ export function splitHostPort(hostPort: string): { host: string; port: number } 
   if (!m) throw new ZtmError(ErrorCodes.CONFIG, `${hostPort} is not host:port`);
   return { host: m[1] as string, port: Number(m[2]) };
 }
-
-const TRUST_ERRORS = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'CERT_SIGNATURE_FAILURE',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-  'CERT_HAS_EXPIRED',
-]);
 
 /** What keeps a connection made by dialTls reading (read-guard.ts). */
 const layerOf = new WeakMap<tls.TLSSocket, ReadGuard | EagerWriteSocket>();
@@ -70,22 +59,36 @@ function guardedOrEager(host: string, port: number, tlsOptions: tls.ConnectionOp
 
 export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket> {
   const { host, port } = splitHostPort(hostPort);
+  let ca: X509Certificate;
+  try {
+    ca = new X509Certificate(o.ca);
+  } catch (err) {
+    return Promise.reject(new ZtmError(ErrorCodes.CONFIG, `the mesh CA certificate is not readable: ${(err as Error).message}`, { cause: err }));
+  }
   return new Promise((resolve, reject) => {
-    const tlsOptions: tls.ConnectionOptions = {
-      ca: [o.ca],
-      // With its issuer, so that OpenSSL does not build the chain on every dial.
-      cert: o.cert === undefined ? undefined : certChainPem(o.cert, o.ca),
-      key: o.key,
-      ALPNProtocols: [o.alpn],
-      minVersion: 'TLSv1.3',
-      servername: net.isIP(host) ? undefined : host,
-    };
+    // The hub is checked against the mesh CA below, not by OpenSSL (hub-trust.ts).
+    const tlsOptions = hubTlsOptions({ cert: o.cert, key: o.key, alpn: o.alpn, host });
     // HTTP/2 over a socket that keeps reading while its writes wait: see
     // read-guard.ts for why a plain one can lock up with bulk both ways.
     const socket = guardedOrEager(host, port, tlsOptions, o.socketLayer ?? (process.env.ZTM_HUB_SOCKET === 'eager' ? 'eager' : 'guard'));
     const timer = setTimeout(() => socket.destroy(new ZtmError(ErrorCodes.TIMEOUT, `TLS handshake with hub ${hostPort} timed out`)), o.timeoutMs ?? 10_000);
     socket.once('secureConnect', () => {
       clearTimeout(timer);
+      const untrusted = hubCertificateError(socket, ca, host);
+      if (untrusted) {
+        socket.destroy();
+        const hint = /^CERT_(NOT_YET_VALID|HAS_EXPIRED)$/.test(untrusted.code)
+          ? "check this machine's clock and the hub's certificate"
+          : 'the address is wrong or the permit belongs to another mesh';
+        reject(
+          new ZtmError(
+            ErrorCodes.HUB_UNTRUSTED,
+            `hub at ${hostPort} presented a certificate this mesh's CA does not vouch for (${untrusted.code}: ${untrusted.message}): ${hint}`,
+            { cause: untrusted },
+          ),
+        );
+        return;
+      }
       if (socket.alpnProtocol !== o.alpn) {
         socket.destroy();
         reject(new ZtmError(ErrorCodes.HUB_UNREACHABLE, `${hostPort} is not a ztm hub (ALPN ${String(socket.alpnProtocol)})`));
@@ -96,15 +99,6 @@ export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket
     socket.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       if (err instanceof ZtmError) return reject(err);
-      if (err.code && TRUST_ERRORS.has(err.code)) {
-        return reject(
-          new ZtmError(
-            ErrorCodes.HUB_UNTRUSTED,
-            `hub at ${hostPort} presented a certificate this mesh's CA does not vouch for (${err.code}): the address is wrong or the permit belongs to another mesh`,
-            { cause: err },
-          ),
-        );
-      }
       reject(new ZtmError(ErrorCodes.HUB_UNREACHABLE, `cannot reach hub at ${hostPort}: ${err.code ?? err.message}`, { cause: err }));
     });
   });

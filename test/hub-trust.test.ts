@@ -1,0 +1,135 @@
+/** How an agent and the hub trust each other on a dial (proto hub-trust.ts):
+ * the agent presents its certificate alone (the hub has the CA, and keeps
+ * whatever a client sends for the connection's life), and checks the hub's
+ * certificate itself against the mesh CA after the handshake. Every reason to
+ * refuse a hub is tried on a real TLS connection. */
+import { X509Certificate } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import * as tls from 'node:tls';
+import { CertificateAuthority, createCa } from '@ztm/hub';
+import { ALPN_SESSION, ErrorCodes, ZtmError, certChainPem, hubCertificateError, hubTlsOptions } from '@ztm/proto';
+import t, { type Test } from 'tap';
+import { dialTls } from '../packages/agent/src/session/dial.js';
+import { EC_ALG, exportPrivateKeyPem, generateKeyPair, x509 } from '../packages/hub/src/ca/x509.js';
+
+const ca = new CertificateAuthority('trust-test', await createCa('trust-test'));
+const otherCa = await createCa('other');
+const other = new CertificateAuthority('other', otherCa);
+// Another CA under the very same name: only its key tells it apart.
+const impostor = new CertificateAuthority('trust-test', await createCa('trust-test'));
+const hub = await ca.issueServerCertificate(['127.0.0.1']);
+const keys = await generateKeyPair();
+const csr = (await ca.checkCsr((await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=alpha', keys, signingAlgorithm: EC_ALG })).toString('pem')))
+  .csr;
+const agent = { ...(await ca.issueEndpointCertificate(csr, 'alpha', 'alice', 86_400_000, null)), keyPem: await exportPrivateKeyPem(keys.privateKey) };
+const caCert = new X509Certificate(ca.certPem);
+
+interface Served {
+  port: number;
+  /** What each client presented: its CN, and its issuer's where the client sent or the server holds it. */
+  seen: Array<{ authorized: boolean; cn: unknown; issuerCn: unknown }>;
+}
+
+/** A TLS server as the hub runs one (client certificate asked for), presenting `cert`. */
+async function serve(t: Test, cert: string, key: string, trust: string[], reject = false): Promise<Served> {
+  const seen: Served['seen'] = [];
+  const srv = tls.createServer({ key, cert, ca: trust, requestCert: true, rejectUnauthorized: reject, minVersion: 'TLSv1.3', ALPNProtocols: [ALPN_SESSION] });
+  srv.on('secureConnection', (s) => {
+    const peer = s.getPeerCertificate(true);
+    seen.push({ authorized: s.authorized, cn: peer.subject?.CN, issuerCn: peer.issuerCertificate?.subject?.CN });
+    s.end();
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  t.teardown(() => srv.close());
+  return { port: (srv.address() as AddressInfo).port, seen };
+}
+
+/** A dial with the agents' options; resolves with the check's verdict for `host`. */
+function verdict(port: number, host: string, now?: number): Promise<string | undefined> {
+  return new Promise((resolve, reject) => {
+    const c = tls.connect({ ...hubTlsOptions({ alpn: ALPN_SESSION, cert: agent.certPem, key: agent.keyPem, host: '127.0.0.1' }), host: '127.0.0.1', port });
+    c.on('secureConnect', () => {
+      resolve(hubCertificateError(c, caCert, host, now)?.code);
+      c.end();
+    });
+    c.on('error', reject);
+  });
+}
+
+/** The agents' own dial (hub-client.ts), with this mesh's agent identity. */
+const agentDial = (port: number) => dialTls(`127.0.0.1:${port}`, { ca: ca.certPem, cert: agent.certPem, key: agent.keyPem, alpn: ALPN_SESSION });
+
+/** Until the server has seen `n` clients (it finishes its side of a handshake after the client). */
+async function seenBy(s: Served, n: number): Promise<Served['seen']> {
+  for (let i = 0; i < 100 && s.seen.length < n; i++) await new Promise((r) => setTimeout(r, 20));
+  return s.seen;
+}
+
+t.test('an agent presents its certificate alone, and the hub, holding the CA, accepts it', async (t) => {
+  // A server that trusts nothing sees only what the client sent.
+  const bare = await serve(t, certChainPem(hub.certPem, ca.certPem), hub.keyPem, []);
+  (await agentDial(bare.port)).end();
+  t.same(await seenBy(bare, 1), [{ authorized: false, cn: 'alpha', issuerCn: undefined }], 'the certificate, without its issuer');
+  // The control: a client that gives TLS the chain sends the CA along, and
+  // the same server sees it.
+  await new Promise<void>((resolve, reject) => {
+    const c = tls.connect({
+      port: bare.port,
+      host: '127.0.0.1',
+      ca: [ca.certPem],
+      cert: certChainPem(agent.certPem, ca.certPem),
+      key: agent.keyPem,
+      minVersion: 'TLSv1.3',
+      ALPNProtocols: [ALPN_SESSION],
+    });
+    c.on('secureConnect', () => resolve(void c.end()));
+    c.on('error', reject);
+  });
+  t.equal((await seenBy(bare, 2))[1]?.issuerCn, new X509Certificate(ca.certPem).subject.match(/CN=(.*)/)?.[1], 'a chain would have carried the CA');
+
+  const asHub = await serve(t, certChainPem(hub.certPem, ca.certPem), hub.keyPem, [ca.certPem], true);
+  (await agentDial(asHub.port)).end();
+  t.same(
+    (await seenBy(asHub, 1)).map((s) => [s.authorized, s.cn]),
+    [[true, 'alpha']],
+    'the hub verifies the agent from its own copy of the CA',
+  );
+});
+
+t.test('each reason to refuse a hub, on a real connection', async (t) => {
+  const good = await serve(t, certChainPem(hub.certPem, ca.certPem), hub.keyPem, [ca.certPem]);
+  t.equal(await verdict(good.port, 'localhost'), undefined, 'its certificate names localhost too');
+  t.equal(await verdict(good.port, 'elsewhere.example'), 'ERR_TLS_CERT_ALTNAME_INVALID', 'a name the certificate does not carry');
+  t.equal(await verdict(good.port, '127.0.0.1', Date.now() + 900 * 86_400_000), 'CERT_HAS_EXPIRED', 'after its end');
+  t.equal(await verdict(good.port, '127.0.0.1', Date.now() - 86_400_000), 'CERT_NOT_YET_VALID', 'before its start');
+  t.equal(await verdict(good.port, '127.0.0.1', Date.now() + 3700 * 86_400_000), 'CERT_HAS_EXPIRED', 'after the CA ends (the hub certificate too)');
+
+  const endpoint = await serve(t, certChainPem(agent.certPem, ca.certPem), agent.keyPem, [ca.certPem]);
+  t.equal(await verdict(endpoint.port, '127.0.0.1'), 'INVALID_PURPOSE', "an endpoint's certificate from the same CA");
+
+  const otherHub = await other.issueServerCertificate(['127.0.0.1']);
+  const foreign = await serve(t, certChainPem(otherHub.certPem, other.certPem), otherHub.keyPem, [ca.certPem]);
+  t.equal(await verdict(foreign.port, '127.0.0.1'), 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', "another mesh's hub");
+
+  const selfSigned = await serve(t, otherCa.certPem, otherCa.keyPem, [ca.certPem]);
+  t.equal(await verdict(selfSigned.port, '127.0.0.1'), 'DEPTH_ZERO_SELF_SIGNED_CERT', 'a self-signed certificate');
+
+  const impostorHub = await impostor.issueServerCertificate(['127.0.0.1']);
+  const sameName = await serve(t, certChainPem(impostorHub.certPem, impostor.certPem), impostorHub.keyPem, [ca.certPem]);
+  t.match(await verdict(sameName.port, '127.0.0.1'), /^(UNABLE_TO_GET_ISSUER_CERT_LOCALLY|CERT_SIGNATURE_FAILURE)$/, 'a CA of the same name and another key');
+});
+
+t.test("the agent's dial refuses such a hub with a message that says what to check", async (t) => {
+  const good = await serve(t, certChainPem(hub.certPem, ca.certPem), hub.keyPem, [ca.certPem]);
+  const socket = await agentDial(good.port);
+  t.ok(socket.encrypted, 'a hub of the mesh');
+  socket.destroy();
+
+  const endpoint = await serve(t, certChainPem(agent.certPem, ca.certPem), agent.keyPem, [ca.certPem]);
+  const refused = await agentDial(endpoint.port).catch((e: unknown) => e);
+  t.ok(refused instanceof ZtmError && refused.code === ErrorCodes.HUB_UNTRUSTED, 'HUB_UNTRUSTED');
+  t.match(String((refused as Error).message), /does not vouch for \(INVALID_PURPOSE: .*not made for a server.*\): the address is wrong/);
+
+  const garbled = await dialTls(`127.0.0.1:${good.port}`, { ca: 'not a certificate', alpn: ALPN_SESSION }).catch((e: unknown) => e);
+  t.ok(garbled instanceof ZtmError && garbled.code === ErrorCodes.CONFIG, 'an unreadable CA is a configuration error');
+});
