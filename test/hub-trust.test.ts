@@ -124,6 +124,10 @@ t.test("the agent's dial refuses such a hub with a message that says what to che
   const socket = await agentDial(good.port);
   t.ok(socket.encrypted, 'a hub of the mesh');
   socket.destroy();
+  const bundle = `${other.certPem.trimEnd()}\n${ca.certPem}`;
+  const fromBundle = await dialTls(`127.0.0.1:${good.port}`, { ca: bundle, cert: agent.certPem, key: agent.keyPem, alpn: ALPN_SESSION });
+  t.ok(fromBundle.encrypted, 'a CA file of two certificates: any of them may have issued the hub');
+  fromBundle.destroy();
 
   const endpoint = await serve(t, certChainPem(agent.certPem, ca.certPem), agent.keyPem, [ca.certPem]);
   const refused = await agentDial(endpoint.port).catch((e: unknown) => e);

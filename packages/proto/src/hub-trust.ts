@@ -17,7 +17,7 @@
  * both within their validity, made for a server (an agent's certificate, from
  * the same CA, is for clients only), and naming the address dialled.
  */
-import type { X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
 import type * as tls from 'node:tls';
 
@@ -54,15 +54,24 @@ function problem(code: string, message: string): HubCertificateError {
   return Object.assign(new Error(message), { code });
 }
 
+/** Every certificate of a PEM bundle (a mesh CA file may one day hold two, as
+ * `ca: [bundle]` of a TLS context would read it). Throws on none or garbage. */
+export function parseCaBundle(pem: string): X509Certificate[] {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
+  if (!blocks) throw new Error('no PEM certificate in it');
+  return blocks.map((b) => new X509Certificate(b));
+}
+
 /**
  * Why the hub at the other end of `socket` is not to be trusted, with an
- * OpenSSL-style code, or undefined when it is. `ca` is the mesh CA; `host`
- * the name or address dialled.
+ * OpenSSL-style code, or undefined when it is. `cas` is the mesh CA (each
+ * certificate of its file); `host` the name or address dialled.
  */
-export function hubCertificateError(socket: tls.TLSSocket, ca: X509Certificate, host: string, now = Date.now()): HubCertificateError | undefined {
+export function hubCertificateError(socket: tls.TLSSocket, cas: X509Certificate | readonly X509Certificate[], host: string, now = Date.now()): HubCertificateError | undefined {
   const cert = socket.getPeerX509Certificate();
   if (!cert) return problem('NO_PEER_CERTIFICATE', 'the hub presented no certificate');
-  if (!cert.checkIssued(ca)) {
+  const ca = (Array.isArray(cas) ? cas : [cas]).find((c) => cert.checkIssued(c)) as X509Certificate | undefined;
+  if (!ca) {
     if (cert.checkIssued(cert)) return problem('DEPTH_ZERO_SELF_SIGNED_CERT', 'the hub presented a self-signed certificate');
     return problem('UNABLE_TO_GET_ISSUER_CERT_LOCALLY', `the hub's certificate was issued by ${JSON.stringify(cert.issuer)}, not by this mesh's CA`);
   }

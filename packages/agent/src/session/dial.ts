@@ -1,8 +1,8 @@
 /** TLS 1.3 dial to a hub address, with errors that say what to do. */
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
-import { ErrorCodes, ZtmError, hubCertificateError, hubTlsOptions } from '@ztm/proto';
+import { ErrorCodes, ZtmError, hubCertificateError, hubTlsOptions, parseCaBundle } from '@ztm/proto';
 import { EagerWriteSocket } from './eager-write-socket.js';
 import { ReadGuard } from './read-guard.js';
 
@@ -59,9 +59,9 @@ function guardedOrEager(host: string, port: number, tlsOptions: tls.ConnectionOp
 
 export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket> {
   const { host, port } = splitHostPort(hostPort);
-  let ca: X509Certificate;
+  let ca: X509Certificate[];
   try {
-    ca = new X509Certificate(o.ca);
+    ca = parseCaBundle(o.ca);
   } catch (err) {
     return Promise.reject(new ZtmError(ErrorCodes.CONFIG, `the mesh CA certificate is not readable: ${(err as Error).message}`, { cause: err }));
   }
