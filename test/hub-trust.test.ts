@@ -22,7 +22,7 @@ const keys = await generateKeyPair();
 const csr = (await ca.checkCsr((await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=alpha', keys, signingAlgorithm: EC_ALG })).toString('pem')))
   .csr;
 const agent = { ...(await ca.issueEndpointCertificate(csr, 'alpha', 'alice', 86_400_000, null)), keyPem: await exportPrivateKeyPem(keys.privateKey) };
-const caCert = new X509Certificate(ca.certPem);
+const caCerts = [new X509Certificate(ca.certPem)];
 
 interface Served {
   port: number;
@@ -49,7 +49,7 @@ function verdict(port: number, host: string, now?: number): Promise<string | und
   return new Promise((resolve, reject) => {
     const c = tls.connect({ ...hubTlsOptions({ alpn: ALPN_SESSION, cert: agent.certPem, key: agent.keyPem, host: '127.0.0.1' }), host: '127.0.0.1', port });
     c.on('secureConnect', () => {
-      resolve(hubCertificateError(c, caCert, host, now)?.code);
+      resolve(hubCertificateError(c, caCerts, host, now)?.code);
       c.end();
     });
     c.on('error', reject);

@@ -13,7 +13,6 @@
 // Driven by the parent over IPC (child_process.fork): messages { id, cmd, ... }
 // answered with { id, ok, ... }. Every loop is bounded; the process exits when
 // its parent goes away.
-import { X509Certificate } from 'node:crypto';
 import * as http2 from 'node:http2';
 import { dirname, join, resolve } from 'node:path';
 import * as tls from 'node:tls';
@@ -88,8 +87,8 @@ function dial(alpn, id) {
   const o = proto.hubTlsOptions
     ? proto.hubTlsOptions({ alpn, cert: id?.certPem, key: id?.keyPem, host: hubHost })
     : { ca: [caPem], minVersion: 'TLSv1.3', ALPNProtocols: [alpn], ...(id && { cert: proto.certChainPem(id.certPem, caPem), key: id.keyPem }) };
-  if (proto.hubTlsOptions && caCert?.pem !== caPem) caCert = { pem: caPem, cert: new X509Certificate(caPem) };
-  const ca = proto.hubTlsOptions && caCert.cert;
+  if (proto.hubTlsOptions && caCert?.pem !== caPem) caCert = { pem: caPem, certs: proto.parseCaBundle(caPem) };
+  const ca = proto.hubTlsOptions && caCert.certs;
   return new Promise((resolvePromise, reject) => {
     const socket = tls.connect({ host: hubHost, port: hubPort, ...o });
     const timer = setTimeout(() => socket.destroy(new Error('TLS handshake timed out')), DIAL_TIMEOUT_MS);
