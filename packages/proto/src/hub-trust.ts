@@ -6,10 +6,9 @@
  * is, OpenSSL completes the client's certificate chain from that store on
  * every handshake (there is no switch for it in node), so every agent sent the
  * CA along with its own certificate, and the hub keeps a parsed copy of what a
- * client sent for the connection's life: 3 KiB of the hub's memory per idle
- * agent, 9 per reverse session (docs/performance.md), and a second
- * certificate to decode per handshake. The hub has the CA; the certificate
- * alone is enough for it.
+ * client sent for the connection's life: ≈ 3 KiB of the hub's memory per
+ * idle agent (docs/performance.md), and a second certificate to decode per
+ * handshake. The hub has the CA; the certificate alone is enough for it.
  *
  * So the context trusts nothing, OpenSSL's verdict on the hub is ignored, and
  * `hubCertificateError` checks the hub's certificate against the mesh CA once
