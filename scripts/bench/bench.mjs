@@ -74,7 +74,17 @@ const doFiles = !flag('--no-files') && (doPaths || onlyParts.includes('files'));
 const doK8s = !flag('--no-k8s') && (doPaths || onlyParts.includes('k8s'));
 const cfg = quick
   ? { iperfSeconds: 2, connSeconds: 1.5, latCount: 2000, pushSeconds: 3, idleSeconds: 3, reverseCount: 0, cleanBase: false, idleIperf: false, reconnect: false }
-  : { iperfSeconds: 3, hubIperfSeconds: 10, connSeconds: 1.5, latCount: 2000, pushSeconds: 5, idleSeconds: 20, reverseCount: 1000, cleanBase: true, reconnectTimeoutSec: 90 };
+  : {
+      iperfSeconds: 3,
+      hubIperfSeconds: 10,
+      connSeconds: 1.5,
+      latCount: 2000,
+      pushSeconds: 5,
+      idleSeconds: 20,
+      reverseCount: 1000,
+      cleanBase: true,
+      reconnectTimeoutSec: 90,
+    };
 const census = flag('--census');
 if (census && !onlyHub) {
   console.error('--census goes with --only-hub: it slows every allocation of the hub it watches');
