@@ -81,11 +81,15 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** A dial as the agent of the tree under test makes it: with hub-trust.ts where
  * the tree has it (its certificate alone, the hub checked against the CA after
  * the handshake), else as trees before it did (certificate and CA as the chain,
- * the hub checked by OpenSSL). */
+ * the hub checked by OpenSSL); with the identity's TLS context kept across
+ * reconnects where the tree's agents keep it, else a new one per dial. */
 let caCert;
 function dial(alpn, id) {
+  // Trees with HubDialContext keep each identity's TLS context across its
+  // reconnects, as their agents do.
+  if (id && proto.HubDialContext) id.dialContext ??= new proto.HubDialContext();
   const o = proto.hubTlsOptions
-    ? proto.hubTlsOptions({ alpn, cert: id?.certPem, key: id?.keyPem, host: hubHost })
+    ? proto.hubTlsOptions({ alpn, cert: id?.certPem, key: id?.keyPem, host: hubHost, context: id?.dialContext?.for({ cert: id.certPem, key: id.keyPem }) })
     : { ca: [caPem], minVersion: 'TLSv1.3', ALPNProtocols: [alpn], ...(id && { cert: proto.certChainPem(id.certPem, caPem), key: id.keyPem }) };
   if (proto.hubTlsOptions && caCert?.pem !== caPem) caCert = { pem: caPem, certs: proto.parseCaBundle(caPem) };
   const ca = proto.hubTlsOptions && caCert.certs;

@@ -2,7 +2,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
-import { ErrorCodes, ZtmError, hubCertificateError, hubTlsOptions, parseCaBundle } from '@ztm/proto';
+import { ErrorCodes, HubDialContext, ZtmError, hubCertificateError, hubTlsOptions, parseCaBundle } from '@ztm/proto';
 import { EagerWriteSocket } from './eager-write-socket.js';
 import { ReadGuard } from './read-guard.js';
 
@@ -22,6 +22,9 @@ export function splitHostPort(hostPort: string): { host: string; port: number } 
   if (!m) throw new ZtmError(ErrorCodes.CONFIG, `${hostPort} is not host:port`);
   return { host: m[1] as string, port: Number(m[2]) };
 }
+
+/** This process's identity's TLS context, kept across reconnects (hub-trust.ts). */
+const dialContext = new HubDialContext();
 
 /** What keeps a connection made by dialTls reading (read-guard.ts). */
 const layerOf = new WeakMap<tls.TLSSocket, ReadGuard | EagerWriteSocket>();
@@ -67,7 +70,7 @@ export function dialTls(hostPort: string, o: DialOptions): Promise<tls.TLSSocket
   }
   return new Promise((resolve, reject) => {
     // The hub is checked against the mesh CA below, not by OpenSSL (hub-trust.ts).
-    const tlsOptions = hubTlsOptions({ cert: o.cert, key: o.key, alpn: o.alpn, host });
+    const tlsOptions = hubTlsOptions({ alpn: o.alpn, host, context: dialContext.for(o) });
     // HTTP/2 over a socket that keeps reading while its writes wait: see
     // read-guard.ts for why a plain one can lock up with bulk both ways.
     const socket = guardedOrEager(host, port, tlsOptions, o.socketLayer ?? (process.env.ZTM_HUB_SOCKET === 'eager' ? 'eager' : 'guard'));
