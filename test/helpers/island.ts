@@ -103,19 +103,27 @@ export async function startIsland(t: T, name: string, o: IslandOptions = {}): Pr
 }
 
 /** Bulk peers in the island and a tunnel `tcp/NAME` between them (entry's inbound end →
- * exit's outbound end), proven by a tiny transfer. */
+ * exit's outbound end), proven by a tiny transfer. A port checked free here can still be
+ * taken before the agent binds it (freePort checks this namespace, not the island's, and
+ * tests run in parallel): the agent then refuses it as in use, and another is tried, up to
+ * three in all. */
 export async function bulkTunnel(t: Test, island: Island, entry: IslandAgent, exit: IslandAgent, name: string): Promise<BulkPeers> {
-  const listenPort = await freePort();
-  const peers = await startBulkPeers(t, { serverPrefix: island.site.prefix, clientPrefix: island.site.prefix, listenPort });
-  for (const [a, args] of [
-    [exit, ['tunnel', 'open', 'outbound', `tcp/${name}`, '--target', `127.0.0.1:${peers.targetPort}`]],
-    [entry, ['tunnel', 'open', 'inbound', `tcp/${name}`, '--listen', `127.0.0.1:${listenPort}`]],
-  ] as const) {
-    const r = await a.cli([...args]);
-    t.equal(r.code, 0, `ztm-agent ${args.join(' ')} ${r.stderr}`);
+  for (let attempt = 1; ; attempt++) {
+    const listenPort = await freePort();
+    const peers = await startBulkPeers(t, { serverPrefix: island.site.prefix, clientPrefix: island.site.prefix, listenPort });
+    const outbound = ['tunnel', 'open', 'outbound', `tcp/${name}`, '--target', `127.0.0.1:${peers.targetPort}`];
+    const o = await exit.cli(outbound);
+    t.equal(o.code, 0, `ztm-agent ${outbound.join(' ')} ${o.stderr}`);
+    const inbound = ['tunnel', 'open', 'inbound', `tcp/${name}`, '--listen', `127.0.0.1:${listenPort}`];
+    const i = await entry.cli(inbound);
+    if (i.code !== 0 && /in use/.test(i.stderr) && attempt < 3) {
+      t.comment(`port ${listenPort} was taken before the agent bound it (${i.stderr.trim()}); trying another`);
+      continue;
+    }
+    t.equal(i.code, 0, `ztm-agent ${inbound.join(' ')} ${i.stderr}`);
+    // The inbound end listens once the agent has applied it; a tiny transfer proves the path.
+    const probe = await peers.transfer('probe', 64, 64, 10_000);
+    t.ok(peers.whole('probe', 64, 64, probe), 'a tiny transfer goes through');
+    return peers;
   }
-  // The inbound end listens once the agent has applied it; a tiny transfer proves the path.
-  const probe = await peers.transfer('probe', 64, 64, 10_000);
-  t.ok(peers.whole('probe', 64, 64, probe), 'a tiny transfer goes through');
-  return peers;
 }
