@@ -105,7 +105,11 @@ t.test('agent loss', async (t) => {
   });
   const silent = await waitOnline(hub, 'frozen', false, 3_000 + 2_000, 100).catch(() => -1);
   t.ok(silent >= 0, `frozen agent offline within keepalive timeout + 2 s (after ${silent} ms)`);
-  t.ok(silent < 0 || silent >= 1_500, 'not before the keepalive timeout could pass (it was the keepalive, not a closed socket)');
+  // Its last sign of life can be up to 2.5 s before the stop: an idle agent is
+  // PINGed by the hub once silent for two intervals (here 2 s), seen at the
+  // hub's next visit (every half interval). So the 3 s timeout can end as soon
+  // as 0.5 s after the stop; a closed socket is seen at once (kill -9 above).
+  t.ok(silent < 0 || silent >= 400, 'not as soon as a closed socket would be (it was the keepalive)');
   t.ok(
     hub.daemon.logs().some((l) => l.endpoint === 'frozen' && l.msg === 'session closed' && /keepalive/.test(String(l.reason))),
     'hub log: session closed by keepalive timeout',
