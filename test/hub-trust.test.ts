@@ -28,20 +28,24 @@ interface Served {
   port: number;
   /** What each client presented: its CN, and its issuer's where the client sent or the server holds it. */
   seen: Array<{ authorized: boolean; cn: unknown; issuerCn: unknown }>;
+  /** The serial number of each client's certificate, in order. */
+  serials: string[];
 }
 
 /** A TLS server as the hub runs one (client certificate asked for), presenting `cert`. */
 async function serve(t: Test, cert: string, key: string, trust: string[], reject = false): Promise<Served> {
   const seen: Served['seen'] = [];
+  const serials: string[] = [];
   const srv = tls.createServer({ key, cert, ca: trust, requestCert: true, rejectUnauthorized: reject, minVersion: 'TLSv1.3', ALPNProtocols: [ALPN_SESSION] });
   srv.on('secureConnection', (s) => {
     const peer = s.getPeerCertificate(true);
     seen.push({ authorized: s.authorized, cn: peer.subject?.CN, issuerCn: peer.issuerCertificate?.subject?.CN });
+    serials.push(peer.serialNumber);
     s.end();
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
   t.teardown(() => srv.close());
-  return { port: (srv.address() as AddressInfo).port, seen };
+  return { port: (srv.address() as AddressInfo).port, seen, serials };
 }
 
 /** A dial with the agents' options; resolves with the check's verdict for `host`. */
@@ -146,27 +150,11 @@ t.test('an agent keeps its TLS context across reconnects; a renewed certificate 
   const renewed = await ca.issueEndpointCertificate(csr, 'alpha', 'alice', 86_400_000, null);
   t.not(contexts.for({ cert: renewed.certPem, key: agent.keyPem }), first, 'a new certificate: a new context');
 
-  // The agents' own dial, against a server that notes what each client presented.
-  const serials: string[] = [];
-  const srv = tls.createServer({
-    key: hub.keyPem,
-    cert: certChainPem(hub.certPem, ca.certPem),
-    ca: [ca.certPem],
-    requestCert: true,
-    rejectUnauthorized: true,
-    minVersion: 'TLSv1.3',
-    ALPNProtocols: [ALPN_SESSION],
-  });
-  srv.on('secureConnection', (s) => {
-    serials.push(s.getPeerCertificate().serialNumber);
-    s.end();
-  });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  t.teardown(() => srv.close());
-  const port = (srv.address() as AddressInfo).port;
+  // The agents' own dial, against a server as the hub runs one.
+  const asHub = await serve(t, certChainPem(hub.certPem, ca.certPem), hub.keyPem, [ca.certPem], true);
   const contextOf = (s: tls.TLSSocket) => (s as unknown as { _handle?: { _secureContext?: unknown } })._handle?._secureContext;
   const dial = async (cert: string) => {
-    const s = await dialTls(`127.0.0.1:${port}`, { ca: ca.certPem, cert, key: agent.keyPem, alpn: ALPN_SESSION });
+    const s = await dialTls(`127.0.0.1:${asHub.port}`, { ca: ca.certPem, cert, key: agent.keyPem, alpn: ALPN_SESSION });
     const c = contextOf(s);
     s.end();
     return c;
@@ -176,7 +164,7 @@ t.test('an agent keeps its TLS context across reconnects; a renewed certificate 
   t.ok(a !== undefined && a === b, 'two dials of one identity share one context');
   const c = await dial(renewed.certPem);
   t.not(c, a, 'after renewal, another');
-  for (let i = 0; i < 100 && serials.length < 3; i++) await new Promise((r) => setTimeout(r, 20));
+  await seenBy(asHub, 3);
   const serial = (pem: string) => new X509Certificate(pem).serialNumber;
-  t.same(serials, [serial(agent.certPem), serial(agent.certPem), serial(renewed.certPem)], 'and the hub sees the renewed certificate at once');
+  t.same(asHub.serials, [serial(agent.certPem), serial(agent.certPem), serial(renewed.certPem)], 'and the hub sees the renewed certificate at once');
 });
