@@ -3,10 +3,11 @@
  * whatever a client sends for the connection's life), and checks the hub's
  * certificate itself against the mesh CA after the handshake. Every reason to
  * refuse a hub is tried on a real TLS connection. */
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';
 import { CertificateAuthority, createCa } from '@ztm/hub';
+import { opensslSerialHex } from '../packages/hub/src/ca/certificate-authority.js';
 import { ALPN_SESSION, ErrorCodes, HubDialContext, ZtmError, certChainPem, hubCertificateError, hubTlsOptions } from '@ztm/proto';
 import t, { type Test } from 'tap';
 import { dialTls } from '../packages/agent/src/session/dial.js';
@@ -68,6 +69,34 @@ async function seenBy(s: Served, n: number): Promise<Served['seen']> {
   for (let i = 0; i < 100 && s.seen.length < n; i++) await new Promise((r) => setTimeout(r, 20));
   return s.seen;
 }
+
+t.test("an issued certificate's record is what OpenSSL reads from it at a handshake", async (t) => {
+  // The hub files serial, key hash and validity from the certificate it has
+  // just built, without parsing it again; a handshake finds the record by the
+  // serial OpenSSL reports and checks the key hash against the peer's key.
+  for (let i = 0; i < 40; i++) {
+    const issued = await ca.issueEndpointCertificate(csr, `e${i}`, 'alice', 1_000 + i * 7_777_777, i % 2 ? 'east' : null);
+    const parsed = new X509Certificate(issued.certPem);
+    const spki = parsed.publicKey.export({ type: 'spki', format: 'der' });
+    const want = {
+      serial: parsed.serialNumber.toUpperCase(),
+      spkiSha256: createHash('sha256').update(spki).digest('hex'),
+      notBefore: Date.parse(parsed.validFrom),
+      notAfter: Date.parse(parsed.validTo),
+    };
+    const got = { serial: issued.serial, spkiSha256: issued.spkiSha256, notBefore: issued.notBefore, notAfter: issued.notAfter };
+    if (JSON.stringify(got) !== JSON.stringify(want)) {
+      t.same(got, want, `certificate ${i}`);
+      return;
+    }
+  }
+  t.pass('40 certificates: serial, key hash, notBefore and notAfter as node:crypto parses them');
+  // Serials OpenSSL prints without the sign byte, two digits a byte.
+  t.equal(opensslSerialHex('00ff01'), 'FF01');
+  t.equal(opensslSerialHex('7f'), '7F');
+  t.equal(opensslSerialHex('0000'), '00');
+  t.equal(opensslSerialHex('abc'), '0ABC');
+});
 
 t.test('an agent presents its certificate alone, and the hub, holding the CA, accepts it', async (t) => {
   // A server that trusts nothing sees only what the client sent.
