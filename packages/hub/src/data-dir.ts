@@ -3,27 +3,13 @@
  * the admin socket. `init` creates it once; everything else loads it.
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
-import { ADMIN_SOCKET_NAME, ErrorCodes, MESH_NAME_PATTERN, ZtmError } from '@ztm/proto';
+import { ErrorCodes, MESH_NAME_PATTERN, ZtmError } from '@ztm/proto';
 import { CertificateAuthority, createCa } from './ca/certificate-authority.js';
 import type { KeyAndCert } from './ca/certificate-authority.js';
+import { hubPaths } from './data-paths.js';
 import { Registry } from './registry/registry.js';
 
-export const defaultHubDataDir = (): string => process.env.ZTM_DATA || join(homedir(), '.ztm', 'hub');
-
-export function hubPaths(dir: string) {
-  return {
-    dir,
-    caCert: join(dir, 'ca.crt'),
-    caKey: join(dir, 'ca.key'),
-    hubCert: join(dir, 'hub.crt'),
-    hubKey: join(dir, 'hub.key'),
-    db: join(dir, 'hub.db'),
-    adminSocket: join(dir, ADMIN_SOCKET_NAME),
-    content: join(dir, 'content'),
-  };
-}
+export { defaultHubDataDir, hubPaths } from './data-paths.js';
 
 export interface HubData {
   ca: CertificateAuthority;

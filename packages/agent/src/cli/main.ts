@@ -23,11 +23,8 @@ import { newEndStats } from '../tunnel/end-stats.js';
 import type { TunnelView } from '../tunnel/tunnel-manager.js';
 import { inboundSpec, outboundSpec, toInbound, toOutbound } from '../tunnel/tunnel-spec.js';
 import { readTunnelFile, writeTunnelFile } from '../tunnel/tunnel-store.js';
-import { createAgent } from '../agent.js';
 import { loadAgentConfig } from '../config/agent-config.js';
 import { agentPaths, defaultAgentDataDir, loadIdentity } from '../identity/identity-store.js';
-import { join } from '../identity/join.js';
-import { createLogger } from '../log.js';
 import { type KubernetesStatus, certificateCluster, printKubernetesStatus } from '../k8s/status-view.js';
 
 const dataOption = () => new Option('--data <dir>', 'agent data directory (env ZTM_DATA)');
@@ -73,6 +70,7 @@ export function buildProgram(): Command {
       } catch (err) {
         throw new Error(`cannot read permit ${o.permit}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
       }
+      const { join } = await import('../identity/join.js');
       const r = await join(dataDir(o), text, { hub: o.hub, cluster });
       out(!!o.json, r, () =>
         console.log(
@@ -129,6 +127,7 @@ export function buildProgram(): Command {
         if (!config.kubeconfig && !config.kubernetesInCluster && process.env.KUBERNETES_SERVICE_HOST && certificateCluster(identity)) {
           config = Object.freeze({ ...config, kubernetesInCluster: true });
         }
+        const [{ createLogger }, { createAgent }] = await Promise.all([import('../log.js'), import('../agent.js')]);
         const logger = createLogger(config.logLevel);
         const agent = createAgent(config, { identity, logger, dataDir: dir, adminSocket: agentPaths(dir).adminSocket });
         await agent.start();
