@@ -3,15 +3,27 @@
  * whatever a client sends for the connection's life), and checks the hub's
  * certificate itself against the mesh CA after the handshake. Every reason to
  * refuse a hub is tried on a real TLS connection. */
-import { X509Certificate, createHash } from 'node:crypto';
+import { X509Certificate, createHash, generateKeyPairSync, webcrypto } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';
 import { CertificateAuthority, createCa } from '@ztm/hub';
 import { opensslSerialHex } from '../packages/hub/src/ca/certificate-authority.js';
-import { ALPN_SESSION, ErrorCodes, HubDialContext, ZtmError, certChainPem, hubCertificateError, hubTlsOptions } from '@ztm/proto';
+import { readTlv } from '../packages/hub/src/ca/der.js';
+import {
+  ALPN_SESSION,
+  ErrorCodes,
+  HubDialContext,
+  ZtmError,
+  certChainPem,
+  clusterUri,
+  endpointUri,
+  hubCertificateError,
+  hubTlsOptions,
+  userUri,
+} from '@ztm/proto';
 import t, { type Test } from 'tap';
 import { dialTls } from '../packages/agent/src/session/dial.js';
-import { EC_ALG, exportPrivateKeyPem, generateKeyPair, x509 } from '../packages/hub/src/ca/x509.js';
+import { EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, x509 } from '../packages/hub/src/ca/x509.js';
 
 const ca = new CertificateAuthority('trust-test', await createCa('trust-test'));
 const otherCa = await createCa('other');
@@ -20,8 +32,8 @@ const other = new CertificateAuthority('other', otherCa);
 const impostor = new CertificateAuthority('trust-test', await createCa('trust-test'));
 const hub = await ca.issueServerCertificate(['127.0.0.1']);
 const keys = await generateKeyPair();
-const csr = (await ca.checkCsr((await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=alpha', keys, signingAlgorithm: EC_ALG })).toString('pem')))
-  .csr;
+const csrPem = (await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=alpha', keys, signingAlgorithm: EC_ALG })).toString('pem');
+const csr = (await ca.checkCsr(csrPem)).csr;
 const agent = { ...(await ca.issueEndpointCertificate(csr, 'alpha', 'alice', 86_400_000, null)), keyPem: await exportPrivateKeyPem(keys.privateKey) };
 const caCerts = [new X509Certificate(ca.certPem)];
 
@@ -70,32 +82,140 @@ async function seenBy(s: Served, n: number): Promise<Served['seen']> {
   return s.seen;
 }
 
-t.test("an issued certificate's record is what OpenSSL reads from it at a handshake", async (t) => {
-  // The hub files serial, key hash and validity from the certificate it has
-  // just built, without parsing it again; a handshake finds the record by the
-  // serial OpenSSL reports and checks the key hash against the peer's key.
-  for (let i = 0; i < 40; i++) {
-    const issued = await ca.issueEndpointCertificate(csr, `e${i}`, 'alice', 1_000 + i * 7_777_777, i % 2 ? 'east' : null);
+t.test("an endpoint certificate: @peculiar/x509's bytes, signed by the CA, and the record is what OpenSSL reads", async (t) => {
+  // The hub writes endpoint certificates itself (ca/der.ts). Each is compared
+  // with the one @peculiar/x509 makes of the same fields, byte for byte up to
+  // the signature; node:crypto checks the signature against the CA; the
+  // record the hub files (serial, key hash, validity) is what OpenSSL reads
+  // from the certificate at a handshake.
+  const caMaterial = await createCa('trust-test');
+  const own = new CertificateAuthority('trust-test', caMaterial);
+  const caX509 = new x509.X509Certificate(caMaterial.certPem);
+  const caNode = new X509Certificate(caMaterial.certPem);
+  const signingKey = await importPrivateKeyPem(caMaterial.keyPem);
+  const tbsOf = (der: Buffer) => {
+    const outer = readTlv(der, 0, 0x30, 'certificate');
+    const tbs = readTlv(der, outer.body, 0x30, 'tbs');
+    return der.subarray(tbs.start, tbs.end).toString('hex');
+  };
+  const cases: Array<[string, string, number, string | null]> = [
+    ['alpha', 'alice', 86_400_000, null],
+    ['db-1.east_2', 'ops', 30 * 86_400_000, 'east'],
+    ['x', 'x', 1_000, 'c'],
+    ['long-lived', 'bob', 40 * 365 * 86_400_000, null], // past 2049: GeneralizedTime
+  ];
+  for (let i = 0; i < 24; i++) cases.push([`e${i}`, `u${i}`, 1_000 + i * 7_777_777, i % 2 ? `c${i}` : null]);
+  let same = 0;
+  for (const [endpoint, user, lifetime, cluster] of cases) {
+    const issued = await own.issueEndpointCertificate(csr, endpoint, user, lifetime, cluster);
     const parsed = new X509Certificate(issued.certPem);
     const spki = parsed.publicKey.export({ type: 'spki', format: 'der' });
-    const want = {
+    const record = { serial: issued.serial, spkiSha256: issued.spkiSha256, notBefore: issued.notBefore, notAfter: issued.notAfter };
+    const openssl = {
       serial: parsed.serialNumber.toUpperCase(),
       spkiSha256: createHash('sha256').update(spki).digest('hex'),
       notBefore: Date.parse(parsed.validFrom),
       notAfter: Date.parse(parsed.validTo),
     };
-    const got = { serial: issued.serial, spkiSha256: issued.spkiSha256, notBefore: issued.notBefore, notAfter: issued.notAfter };
-    if (JSON.stringify(got) !== JSON.stringify(want)) {
-      t.same(got, want, `certificate ${i}`);
+    const reference = await x509.X509CertificateGenerator.create({
+      serialNumber: parsed.serialNumber,
+      subject: `CN=${endpoint},O=ztm mesh trust-test`,
+      issuer: caX509.subject,
+      notBefore: new Date(issued.notBefore),
+      notAfter: new Date(issued.notAfter),
+      publicKey: (await own.checkCsr(csrPem)).csr.spki,
+      signingKey: signingKey as never,
+      signingAlgorithm: EC_ALG,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
+        new x509.SubjectAlternativeNameExtension([
+          { type: 'url', value: endpointUri('trust-test', endpoint) },
+          { type: 'url', value: userUri('trust-test', user) },
+          ...(cluster ? [{ type: 'url' as const, value: clusterUri('trust-test', cluster) }] : []),
+        ]),
+      ],
+    });
+    const ok =
+      tbsOf(parsed.raw) === tbsOf(Buffer.from(reference.rawData)) &&
+      parsed.verify(caNode.publicKey) &&
+      parsed.checkIssued(caNode) &&
+      JSON.stringify(record) === JSON.stringify(openssl);
+    if (!ok) {
+      t.equal(tbsOf(parsed.raw), tbsOf(Buffer.from(reference.rawData)), `${endpoint}: tbsCertificate as @peculiar/x509 writes it`);
+      t.ok(parsed.verify(caNode.publicKey), `${endpoint}: signed by the CA`);
+      t.same(record, openssl, `${endpoint}: the record`);
       return;
     }
+    same++;
   }
-  t.pass('40 certificates: serial, key hash, notBefore and notAfter as node:crypto parses them');
+  t.equal(same, cases.length, `${cases.length} certificates: the same bytes, signed by the CA, the record as OpenSSL reads it`);
   // Serials OpenSSL prints without the sign byte, two digits a byte.
   t.equal(opensslSerialHex('00ff01'), 'FF01');
   t.equal(opensslSerialHex('7f'), '7F');
   t.equal(opensslSerialHex('0000'), '00');
   t.equal(opensslSerialHex('abc'), '0ABC');
+});
+
+t.test('a CSR is refused, typed, for each way it can be wrong', async (t) => {
+  const der = Buffer.from(csrPem.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, ''), 'base64');
+  const pem = (b: Buffer) => `-----BEGIN CERTIFICATE REQUEST-----\n${b.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
+  const refused = async (text: string, why: RegExp, name: string) => {
+    try {
+      await ca.checkCsr(text);
+      t.fail(`${name}: accepted`);
+    } catch (err) {
+      t.ok(err instanceof ZtmError && err.code === ErrorCodes.CSR_INVALID && why.test(err.message), `${name}: ${(err as Error).message}`);
+    }
+  };
+  t.ok((await ca.checkCsr(csrPem)).spkiSha256, 'the request itself is accepted');
+  await refused('not a csr', /not a PEM PKCS#10/, 'text');
+  await refused(pem(Buffer.concat([der, Buffer.from([0])])), /not a PEM PKCS#10/, 'a byte after it');
+  await refused(pem(der.subarray(0, der.length - 1)), /not a PEM PKCS#10/, 'a byte short');
+  const flipped = Buffer.from(der);
+  flipped.writeUInt8(flipped.readUInt8(flipped.length - 5) ^ 1, flipped.length - 5);
+  await refused(pem(flipped), /does not verify|does not parse/, 'its signature altered');
+  const info = Buffer.from(der);
+  const at = info.indexOf(Buffer.from('alpha'));
+  info[at] = 'A'.charCodeAt(0);
+  await refused(pem(info), /does not verify/, 'its subject altered');
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 1024 });
+  const rsaCsr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: 'CN=rsa',
+    keys: {
+      privateKey: await webcrypto.subtle.importKey(
+        'pkcs8',
+        rsa.privateKey.export({ type: 'pkcs8', format: 'der' }),
+        { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' },
+        false,
+        ['sign'],
+      ),
+      publicKey: await webcrypto.subtle.importKey(
+        'spki',
+        rsa.publicKey.export({ type: 'spki', format: 'der' }),
+        { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' },
+        true,
+        ['verify'],
+      ),
+    } as never,
+    signingAlgorithm: { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' },
+  });
+  await refused(rsaCsr.toString('pem'), /must be ECDSA P-256/, 'an RSA key');
+  const p256 = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']);
+  const sha384 = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: 'CN=sha384',
+    keys: p256 as never,
+    signingAlgorithm: { name: 'ECDSA', hash: 'SHA-384' },
+  });
+  await refused(sha384.toString('pem'), /signed with ECDSA and SHA-256/, 'signed with SHA-384');
+  const p384 = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-384' }, true, ['sign', 'verify']);
+  const p384Csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: 'CN=p384',
+    keys: p384 as never,
+    signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+  });
+  await refused(p384Csr.toString('pem'), /must be ECDSA P-256/, 'a P-384 key');
 });
 
 t.test('an agent presents its certificate alone, and the hub, holding the CA, accepts it', async (t) => {

@@ -3,10 +3,11 @@
  * Issues the hub's server certificate and endpoint client certificates from
  * CSRs made on the devices, and signs permits.
  */
-import { type KeyObject, createHash, createPrivateKey, sign } from 'node:crypto';
+import { type KeyObject, createHash, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
 import { isIP } from 'node:net';
 import { ErrorCodes, ZtmError, clusterUri, endpointUri, userUri } from '@ztm/proto';
-import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, x509 } from './x509.js';
+import { type Tlv, TRUE, bitString, directoryString, octetString, oid, readTlv, seq, set, time, tlv, unsignedInteger } from './der.js';
+import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, toPem, x509 } from './x509.js';
 
 export interface KeyAndCert {
   certPem: string;
@@ -57,32 +58,93 @@ export function spkiSha256(certDer: Uint8Array): string {
  * decoder lookup; docs/performance.md). Throws on anything that is not a
  * well-formed certificate of that shape. */
 export function spkiOfCertificate(der: Uint8Array): Uint8Array {
-  const tlv = (at: number, tag?: number) => {
-    if (at + 2 > der.length) throw new Error('certificate DER truncated');
-    const t = der[at] as number;
-    if (tag !== undefined && t !== tag) throw new Error(`certificate DER: tag 0x${t.toString(16)} where 0x${tag.toString(16)} expected`);
-    let len = der[at + 1] as number;
-    let head = 2;
-    if (len & 0x80) {
-      const n = len & 0x7f;
-      if (n < 1 || n > 3 || at + 2 + n > der.length) throw new Error('certificate DER: bad length');
-      len = 0;
-      for (let i = 0; i < n; i++) len = len * 256 + (der[at + 2 + i] as number);
-      head += n;
-    }
-    if (at + head + len > der.length) throw new Error('certificate DER truncated');
-    return { tag: t, start: at, body: at + head, end: at + head + len };
-  };
+  const f = tbsFields(der);
+  return der.subarray(f.spki.start, f.spki.end);
+}
+
+/** The fields of a DER certificate's tbsCertificate up to its key. */
+function tbsFields(der: Uint8Array): { issuer: Tlv; subject: Tlv; spki: Tlv } {
+  const what = 'certificate DER';
   const SEQ = 0x30;
-  const certificate = tlv(0, SEQ);
-  const tbs = tlv(certificate.body, SEQ);
+  const certificate = readTlv(der, 0, SEQ, what);
+  const tbs = readTlv(der, certificate.body, SEQ, what, certificate.end);
+  const next = (at: number, tag?: number) => readTlv(der, at, tag, what, tbs.end);
   let at = tbs.body;
-  if (der[at] === 0xa0) at = tlv(at).end; // [0] version
-  at = tlv(at, 0x02).end; // serialNumber
-  for (let i = 0; i < 4; i++) at = tlv(at, SEQ).end; // signature, issuer, validity, subject
-  const spki = tlv(at, SEQ);
-  if (spki.end > tbs.end) throw new Error('certificate DER: SubjectPublicKeyInfo outside tbsCertificate');
-  return der.subarray(spki.start, spki.end);
+  if (der[at] === 0xa0) at = next(at).end; // [0] version
+  at = next(at, 0x02).end; // serialNumber
+  at = next(at, SEQ).end; // signature
+  const issuer = next(at, SEQ);
+  const validity = next(issuer.end, SEQ);
+  const subject = next(validity.end, SEQ);
+  const spki = next(subject.end, SEQ);
+  return { issuer, subject, spki };
+}
+
+const OID = {
+  ecdsaWithSha256: oid('1.2.840.10045.4.3.2'),
+  commonName: oid('2.5.4.3'),
+  organization: oid('2.5.4.10'),
+  basicConstraints: oid('2.5.29.19'),
+  keyUsage: oid('2.5.29.15'),
+  extKeyUsage: oid('2.5.29.37'),
+  subjectAltName: oid('2.5.29.17'),
+  clientAuth: oid('1.3.6.1.5.5.7.3.2'),
+};
+const ECDSA_SHA256 = seq(OID.ecdsaWithSha256);
+
+/** A PKCS#10 request checked by `checkCsr`: its key, as the bytes it carries. */
+export interface CheckedCsr {
+  spki: Buffer;
+}
+
+/** Parse a PEM PKCS#10 request and check it signs itself with an ECDSA P-256
+ * key. Every way it can be wrong is a typed CSR_INVALID. */
+function parseCsr(csrPem: string): CheckedCsr {
+  const m = /^\s*-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----([A-Za-z0-9+/=\s]*)-----END (?:NEW )?CERTIFICATE REQUEST-----\s*$/.exec(csrPem);
+  const der = m ? Buffer.from((m[1] as string).replace(/\s+/g, ''), 'base64') : null;
+  let info: Tlv;
+  let spki: Tlv;
+  let signature: Buffer;
+  let ecdsaSha256 = false;
+  try {
+    if (!der || der.length === 0) throw new Error('no PEM CERTIFICATE REQUEST block');
+    const what = 'certificate request DER';
+    const request = readTlv(der, 0, 0x30, what);
+    if (request.end !== der.length) throw new Error(`${what}: bytes after the request`);
+    info = readTlv(der, request.body, 0x30, what, request.end);
+    const algorithm = readTlv(der, info.end, 0x30, what, request.end);
+    const bits = readTlv(der, algorithm.end, 0x03, what, request.end);
+    if (bits.end !== request.end) throw new Error(`${what}: fields after the signature`);
+    const version = readTlv(der, info.body, 0x02, what, info.end);
+    if (version.end - version.body !== 1 || der[version.body] !== 0) throw new Error(`${what}: version is not 1`);
+    const subject = readTlv(der, version.end, 0x30, what, info.end);
+    spki = readTlv(der, subject.end, 0x30, what, info.end);
+    if (spki.end < info.end) readTlv(der, spki.end, 0xa0, what, info.end); // [0] attributes
+    ecdsaSha256 = der.subarray(algorithm.start, algorithm.end).equals(ECDSA_SHA256);
+    if (bits.end - bits.body < 2 || der[bits.body] !== 0) throw new Error(`${what}: signature is not whole bytes`);
+    signature = der.subarray(bits.body + 1, bits.end);
+  } catch (err) {
+    throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is not a PEM PKCS#10 CSR', { cause: err });
+  }
+  const spkiBytes = der.subarray(spki.start, spki.end);
+  let key: KeyObject;
+  try {
+    key = createPublicKey({ key: spkiBytes, format: 'der', type: 'spki' });
+  } catch (err) {
+    throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is damaged (its key or signature does not parse)', { cause: err });
+  }
+  if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
+    throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request key must be ECDSA P-256');
+  }
+  if (!ecdsaSha256) throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request must be signed with ECDSA and SHA-256');
+  let ok = false;
+  try {
+    ok = verify('sha256', der.subarray(info.start, info.end), { key, dsaEncoding: 'der' }, signature);
+  } catch (err) {
+    throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is damaged (its key or signature does not parse)', { cause: err });
+  }
+  if (!ok) throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request signature does not verify');
+  return { spki: Buffer.from(spkiBytes) };
 }
 
 export class CertificateAuthority {
@@ -90,16 +152,21 @@ export class CertificateAuthority {
   readonly mesh: string;
   readonly #keyPem: string;
   #key: CryptoKey | undefined;
-  /** The CA key parsed once, for permit signatures (parsing the PEM per
-   * permit was most of a permit's cost). */
+  /** The CA key parsed once, for permits and endpoint certificates (parsing
+   * the PEM per permit was most of a permit's cost). */
   #keyObject: KeyObject | undefined;
   #cert: x509.X509Certificate;
+  /** The CA's subject as its certificate holds it: every issuer name. */
+  readonly #issuerName: Buffer;
 
   constructor(mesh: string, material: KeyAndCert) {
     this.mesh = mesh;
     this.certPem = material.certPem;
     this.#keyPem = material.keyPem;
     this.#cert = new x509.X509Certificate(material.certPem);
+    const caDer = new Uint8Array(this.#cert.rawData);
+    const { subject } = tbsFields(caDer);
+    this.#issuerName = Buffer.from(caDer.subarray(subject.start, subject.end));
   }
 
   async #signingKey(): Promise<CryptoKey> {
@@ -107,10 +174,14 @@ export class CertificateAuthority {
     return this.#key;
   }
 
+  #privateKey(): KeyObject {
+    this.#keyObject ??= createPrivateKey(this.#keyPem);
+    return this.#keyObject;
+  }
+
   /** Sign permit bytes (ECDSA P-256 / SHA-256, DER), base64. */
   signBytes(bytes: Buffer): string {
-    this.#keyObject ??= createPrivateKey(this.#keyPem);
-    return sign('sha256', bytes, this.#keyObject).toString('base64');
+    return sign('sha256', bytes, this.#privateKey()).toString('base64');
   }
 
   /** The hub's TLS server certificate, for the host parts of its names. */
@@ -139,77 +210,57 @@ export class CertificateAuthority {
     return { certPem: cert.toString('pem'), keyPem: await exportPrivateKeyPem(keys.privateKey) };
   }
 
-  /** Parse and verify a CSR; returns its public key's SPKI hash. */
-  async checkCsr(csrPem: string): Promise<{ csr: x509.Pkcs10CertificateRequest; spkiSha256: string }> {
-    let csr: x509.Pkcs10CertificateRequest;
-    try {
-      csr = new x509.Pkcs10CertificateRequest(csrPem);
-    } catch (err) {
-      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is not a PEM PKCS#10 CSR', { cause: err });
-    }
-    // A damaged CSR can make the key parse or signature check throw: that is
-    // a bad CSR (typed), never an internal error.
-    let ok = false;
-    let spki: Buffer;
-    try {
-      const alg = csr.publicKey.algorithm as { name: string; namedCurve?: string };
-      if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-256') {
-        throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request key must be ECDSA P-256');
-      }
-      ok = await csr.verify();
-      spki = Buffer.from(csr.publicKey.rawData);
-    } catch (err) {
-      if (err instanceof ZtmError) throw err;
-      throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is damaged (its key or signature does not parse)', { cause: err });
-    }
-    if (!ok) throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request signature does not verify');
-    return { csr, spkiSha256: createHash('sha256').update(spki).digest('hex') };
+  /** Parse and verify a CSR; returns its key and the key's SPKI hash. */
+  async checkCsr(csrPem: string): Promise<{ csr: CheckedCsr; spkiSha256: string }> {
+    const csr = parseCsr(csrPem);
+    return { csr, spkiSha256: createHash('sha256').update(csr.spki).digest('hex') };
   }
 
   /** Issue an endpoint's client certificate. Identity (CN, SAN URI) comes from
    * the hub's records, never from the CSR's subject. A cluster agent's
    * certificate names its cluster too (third SAN URI, see proto mcs.ts). */
-  async issueEndpointCertificate(
-    csr: x509.Pkcs10CertificateRequest,
-    endpoint: string,
-    user: string,
-    lifetimeMs: number,
-    cluster?: string | null,
-  ): Promise<IssuedCertificate> {
+  async issueEndpointCertificate(csr: CheckedCsr, endpoint: string, user: string, lifetimeMs: number, cluster?: string | null): Promise<IssuedCertificate> {
     const now = Date.now();
     // Backdate for clock skew, but by no more than a tenth of the lifetime, so
     // short-lived certificates still renew at two thirds of their real life.
     const backdate = Math.min(BACKDATE_MS, Math.floor(lifetimeMs / 10));
-    const cert = await x509.X509CertificateGenerator.create({
-      serialNumber: randomSerial(),
-      subject: `CN=${endpoint},O=ztm mesh ${this.mesh}`,
-      issuer: this.#cert.subject,
-      notBefore: new Date(now - backdate),
-      notAfter: new Date(now + lifetimeMs),
-      publicKey: csr.publicKey,
-      signingKey: (await this.#signingKey()) as never,
-      signingAlgorithm: EC_ALG,
-      extensions: [
-        new x509.BasicConstraintsExtension(false, undefined, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
-        new x509.SubjectAlternativeNameExtension([
-          { type: 'url', value: endpointUri(this.mesh, endpoint) },
-          { type: 'url', value: userUri(this.mesh, user) },
-          ...(cluster ? [{ type: 'url' as const, value: clusterUri(this.mesh, cluster) }] : []),
-        ]),
-      ],
-    });
-    // The record's fields from the certificate just built, read as OpenSSL
-    // reads them at a handshake (test/hub-trust.test.ts compares the two).
-    // Parsing it again with node:crypto's X509Certificate cost ≈ 1.1 ms of the
-    // hub's CPU per enrolment, a seventh of the whole (docs/performance.md).
+    // Whole seconds, as the certificate holds them.
+    const notBefore = Math.floor((now - backdate) / 1000) * 1000;
+    const notAfter = Math.floor((now + lifetimeMs) / 1000) * 1000;
+    const serial = randomSerial();
+    const extension = (id: Buffer, critical: boolean, value: Buffer) => seq(id, ...(critical ? [TRUE] : []), octetString(value));
+    const uri = (u: string) => tlv(0x86, Buffer.from(u, 'latin1'));
+    // The shape @peculiar/x509 gave these certificates, byte for byte
+    // (test/hub-trust.test.ts builds one both ways).
+    const tbs = seq(
+      tlv(0xa0, Buffer.from([0x02, 0x01, 0x02])), // v3
+      unsignedInteger(serial),
+      ECDSA_SHA256,
+      this.#issuerName,
+      seq(time(notBefore), time(notAfter)),
+      seq(set(seq(OID.commonName, directoryString(endpoint))), set(seq(OID.organization, directoryString(`ztm mesh ${this.mesh}`)))),
+      csr.spki,
+      tlv(
+        0xa3,
+        seq(
+          extension(OID.basicConstraints, true, seq()),
+          extension(OID.keyUsage, true, Buffer.from([0x03, 0x02, 0x07, 0x80])), // digitalSignature
+          extension(OID.extKeyUsage, false, seq(OID.clientAuth)),
+          extension(
+            OID.subjectAltName,
+            false,
+            seq(uri(endpointUri(this.mesh, endpoint)), uri(userUri(this.mesh, user)), ...(cluster ? [uri(clusterUri(this.mesh, cluster))] : [])),
+          ),
+        ),
+      ),
+    );
+    const der = seq(tbs, ECDSA_SHA256, bitString(sign('sha256', tbs, { key: this.#privateKey(), dsaEncoding: 'der' })));
     return {
-      certPem: cert.toString('pem'),
-      serial: opensslSerialHex(cert.serialNumber),
-      spkiSha256: spkiSha256(new Uint8Array(cert.rawData)),
-      notBefore: cert.notBefore.getTime(),
-      notAfter: cert.notAfter.getTime(),
+      certPem: toPem(der, 'CERTIFICATE'),
+      serial: opensslSerialHex(serial),
+      spkiSha256: createHash('sha256').update(csr.spki).digest('hex'),
+      notBefore,
+      notAfter,
     };
   }
 }
