@@ -6,7 +6,7 @@
  * key on the device. The hub signs the permit with the CA key, so a changed
  * field is caught by the agent before it dials and by the hub at enrolment.
  */
-import { X509Certificate, verify } from 'node:crypto';
+import { type KeyObject, X509Certificate, verify } from 'node:crypto';
 import { z } from 'zod';
 import { ErrorCodes, ZtmError } from './errors.js';
 import { ENDPOINT_NAME_PATTERN, MESH_NAME_PATTERN } from './limits.js';
@@ -57,13 +57,20 @@ export function validatePermit(raw: unknown): Permit {
   return r.data;
 }
 
+/** The last CA certificate's key: the hub checks every permit against its
+ * own, and parsing it took ≈ 0.4 ms of CPU each time (OpenSSL 3's decoders). */
+let lastCa: { pem: string; key: KeyObject } | undefined;
+function caPublicKey(pem: string): KeyObject {
+  if (lastCa?.pem !== pem) lastCa = { pem, key: new X509Certificate(pem).publicKey };
+  return lastCa.key;
+}
+
 /** Check the signature against the CA certificate in the permit (agent side)
  * or the hub's own CA (hub side, pass `caPem`). */
 export function verifyPermitSignature(p: Permit, caPem: string = p.ca): void {
   let ok = false;
   try {
-    const ca = new X509Certificate(caPem);
-    ok = verify('sha256', permitSigningBytes(p), ca.publicKey, Buffer.from(p.signature, 'base64'));
+    ok = verify('sha256', permitSigningBytes(p), caPublicKey(caPem), Buffer.from(p.signature, 'base64'));
   } catch {
     ok = false;
   }
