@@ -3,12 +3,11 @@
  * whatever a client sends for the connection's life), and checks the hub's
  * certificate itself against the mesh CA after the handshake. Every reason to
  * refuse a hub is tried on a real TLS connection. */
-import { X509Certificate, createHash, generateKeyPairSync, webcrypto } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, webcrypto } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';
 import { CertificateAuthority, createCa } from '@ztm/hub';
 import { opensslSerialHex } from '../packages/hub/src/ca/certificate-authority.js';
-import { readTlv } from '../packages/hub/src/ca/der.js';
 import {
   ALPN_SESSION,
   ErrorCodes,
@@ -16,12 +15,14 @@ import {
   ZtmError,
   certChainPem,
   clusterUri,
+  der,
   endpointUri,
   hubCertificateError,
   hubTlsOptions,
   userUri,
 } from '@ztm/proto';
 import t, { type Test } from 'tap';
+import { createCsrPem, generateKeyPem } from '../packages/agent/src/identity/keys.js';
 import { dialTls } from '../packages/agent/src/session/dial.js';
 import { EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, x509 } from '../packages/hub/src/ca/x509.js';
 
@@ -93,10 +94,10 @@ t.test("an endpoint certificate: @peculiar/x509's bytes, signed by the CA, and t
   const caX509 = new x509.X509Certificate(caMaterial.certPem);
   const caNode = new X509Certificate(caMaterial.certPem);
   const signingKey = await importPrivateKeyPem(caMaterial.keyPem);
-  const tbsOf = (der: Buffer) => {
-    const outer = readTlv(der, 0, 0x30, 'certificate');
-    const tbs = readTlv(der, outer.body, 0x30, 'tbs');
-    return der.subarray(tbs.start, tbs.end).toString('hex');
+  const tbsOf = (bytes: Buffer) => {
+    const outer = der.readTlv(bytes, 0, 0x30, 'certificate');
+    const tbs = der.readTlv(bytes, outer.body, 0x30, 'tbs');
+    return bytes.subarray(tbs.start, tbs.end).toString('hex');
   };
   const cases: Array<[string, string, number, string | null]> = [
     ['alpha', 'alice', 86_400_000, null],
@@ -158,8 +159,36 @@ t.test("an endpoint certificate: @peculiar/x509's bytes, signed by the CA, and t
   t.equal(opensslSerialHex('abc'), '0ABC');
 });
 
+t.test("an agent's CSR: @peculiar/x509's bytes, signed by its key, accepted by the hub", async (t) => {
+  const infoOf = (pemText: string) => {
+    const bytes = Buffer.from(pemText.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, ''), 'base64');
+    const outer = der.readTlv(bytes, 0, 0x30, 'request');
+    const info = der.readTlv(bytes, outer.body, 0x30, 'info');
+    return bytes.subarray(info.start, info.end).toString('hex');
+  };
+  for (const name of ['alpha', 'db-1.east_2']) {
+    const keyPem = await generateKeyPem();
+    const mine = await createCsrPem(keyPem, name);
+    const key = createPrivateKey(keyPem);
+    t.equal(key.asymmetricKeyDetails?.namedCurve, 'prime256v1', `${name}: a P-256 key`);
+    const reference = await x509.Pkcs10CertificateRequestGenerator.create({
+      name: `CN=${name}`,
+      keys: {
+        privateKey: await webcrypto.subtle.importKey('pkcs8', key.export({ type: 'pkcs8', format: 'der' }), EC_ALG, false, ['sign']),
+        publicKey: await webcrypto.subtle.importKey('spki', createPublicKey(key).export({ type: 'spki', format: 'der' }), EC_ALG, true, ['verify']),
+      } as never,
+      signingAlgorithm: EC_ALG,
+    });
+    t.equal(infoOf(mine), infoOf(reference.toString('pem')), `${name}: the request info as @peculiar/x509 writes it`);
+    t.ok(await new x509.Pkcs10CertificateRequest(mine).verify(), `${name}: @peculiar/x509 verifies its signature`);
+    const checked = await ca.checkCsr(mine);
+    const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
+    t.equal(checked.spkiSha256, createHash('sha256').update(spki).digest('hex'), `${name}: the hub binds its key`);
+  }
+});
+
 t.test('a CSR is refused, typed, for each way it can be wrong', async (t) => {
-  const der = Buffer.from(csrPem.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, ''), 'base64');
+  const request = Buffer.from(csrPem.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, ''), 'base64');
   const pem = (b: Buffer) => `-----BEGIN CERTIFICATE REQUEST-----\n${b.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
   const refused = async (text: string, why: RegExp, name: string) => {
     try {
@@ -171,12 +200,12 @@ t.test('a CSR is refused, typed, for each way it can be wrong', async (t) => {
   };
   t.ok((await ca.checkCsr(csrPem)).spkiSha256, 'the request itself is accepted');
   await refused('not a csr', /not a PEM PKCS#10/, 'text');
-  await refused(pem(Buffer.concat([der, Buffer.from([0])])), /not a PEM PKCS#10/, 'a byte after it');
-  await refused(pem(der.subarray(0, der.length - 1)), /not a PEM PKCS#10/, 'a byte short');
-  const flipped = Buffer.from(der);
+  await refused(pem(Buffer.concat([request, Buffer.from([0])])), /not a PEM PKCS#10/, 'a byte after it');
+  await refused(pem(request.subarray(0, request.length - 1)), /not a PEM PKCS#10/, 'a byte short');
+  const flipped = Buffer.from(request);
   flipped.writeUInt8(flipped.readUInt8(flipped.length - 5) ^ 1, flipped.length - 5);
   await refused(pem(flipped), /does not verify|does not parse/, 'its signature altered');
-  const info = Buffer.from(der);
+  const info = Buffer.from(request);
   const at = info.indexOf(Buffer.from('alpha'));
   info[at] = 'A'.charCodeAt(0);
   await refused(pem(info), /does not verify/, 'its subject altered');

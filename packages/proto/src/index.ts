@@ -19,3 +19,4 @@ export * from './mcs.js';
 export * from './metrics-http.js';
 export * from './files.js';
 export * from './node-compat.js';
+export * as der from './der.js';

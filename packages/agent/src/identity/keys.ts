@@ -1,36 +1,31 @@
-/** Key pair and CSR made on the device with @peculiar/x509 on WebCrypto. The
- * private key never leaves this machine. */
-import 'reflect-metadata';
-import { webcrypto } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
+/** Key pair and CSR made on the device with node:crypto. The private key
+ * never leaves this machine. The request is written with proto's DER helpers
+ * in the shape @peculiar/x509 gave it (test/hub-trust.test.ts compares them):
+ * loading that library and its ASN.1 schemas took longer than the rest of a
+ * join, and the load generator of the bench makes thousands of these. */
+import { createPrivateKey, createPublicKey, generateKeyPair, sign } from 'node:crypto';
+import { promisify } from 'node:util';
+import { der } from '@ztm/proto';
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+const generateKeyPairAsync = promisify(generateKeyPair);
 
-const EC_ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
-
-function pem(der: ArrayBuffer, label: string): string {
-  const b64 = Buffer.from(der).toString('base64').replace(/.{64}/g, '$&\n');
-  return `-----BEGIN ${label}-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`;
-}
-
+/** A new ECDSA P-256 private key, PKCS#8 PEM. */
 export async function generateKeyPem(): Promise<string> {
-  const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  return pem(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey), 'PRIVATE KEY');
+  const { privateKey } = await generateKeyPairAsync('ec', { namedCurve: 'P-256' });
+  return privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
 }
 
-/** A CSR for the key in `keyPem`. The subject is informative only: the hub
- * stamps identity from its own records. */
+/** A CSR for the key in `keyPem`, signed by it (proof of possession). The
+ * subject is informative only: the hub stamps identity from its own records. */
 export async function createCsrPem(keyPem: string, endpoint: string): Promise<string> {
-  const { createPrivateKey, createPublicKey } = await import('node:crypto');
-  const priv = createPrivateKey(keyPem);
-  const spki = createPublicKey(priv).export({ type: 'spki', format: 'der' });
-  const pkcs8 = priv.export({ type: 'pkcs8', format: 'der' });
-  const privateKey = await webcrypto.subtle.importKey('pkcs8', pkcs8, EC_ALG, false, ['sign']);
-  const publicKey = await webcrypto.subtle.importKey('spki', spki, EC_ALG, true, ['verify']);
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: `CN=${endpoint}`,
-    keys: { privateKey, publicKey } as never,
-    signingAlgorithm: EC_ALG,
-  });
-  return csr.toString('pem');
+  const key = createPrivateKey(keyPem);
+  const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
+  const info = der.seq(
+    Buffer.from([0x02, 0x01, 0x00]), // version 1
+    der.seq(der.set(der.seq(der.OID.commonName, der.directoryString(endpoint)))),
+    spki,
+    Buffer.from([0xa0, 0x00]), // no attributes
+  );
+  const request = der.seq(info, der.ECDSA_SHA256, der.bitString(sign('sha256', info, { key, dsaEncoding: 'der' })));
+  return der.pem(request, 'CERTIFICATE REQUEST');
 }

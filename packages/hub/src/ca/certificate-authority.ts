@@ -5,9 +5,11 @@
  */
 import { type KeyObject, createHash, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
 import { isIP } from 'node:net';
-import { ErrorCodes, ZtmError, clusterUri, endpointUri, userUri } from '@ztm/proto';
-import { type Tlv, TRUE, bitString, directoryString, octetString, oid, readTlv, seq, set, time, tlv, unsignedInteger } from './der.js';
-import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, toPem, x509 } from './x509.js';
+import { ErrorCodes, ZtmError, clusterUri, der as D, endpointUri, userUri } from '@ztm/proto';
+
+const { ECDSA_SHA256, OID, TRUE, bitString, directoryString, octetString, readTlv, seq, set, time, tlv, unsignedInteger } = D;
+type Tlv = D.Tlv;
+import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, x509 } from './x509.js';
 
 export interface KeyAndCert {
   certPem: string;
@@ -79,18 +81,6 @@ function tbsFields(der: Uint8Array): { issuer: Tlv; subject: Tlv; spki: Tlv } {
   const spki = next(subject.end, SEQ);
   return { issuer, subject, spki };
 }
-
-const OID = {
-  ecdsaWithSha256: oid('1.2.840.10045.4.3.2'),
-  commonName: oid('2.5.4.3'),
-  organization: oid('2.5.4.10'),
-  basicConstraints: oid('2.5.29.19'),
-  keyUsage: oid('2.5.29.15'),
-  extKeyUsage: oid('2.5.29.37'),
-  subjectAltName: oid('2.5.29.17'),
-  clientAuth: oid('1.3.6.1.5.5.7.3.2'),
-};
-const ECDSA_SHA256 = seq(OID.ecdsaWithSha256);
 
 /** A PKCS#10 request checked by `checkCsr`: its key, as the bytes it carries. */
 export interface CheckedCsr {
@@ -256,7 +246,7 @@ export class CertificateAuthority {
     );
     const der = seq(tbs, ECDSA_SHA256, bitString(sign('sha256', tbs, { key: this.#privateKey(), dsaEncoding: 'der' })));
     return {
-      certPem: toPem(der, 'CERTIFICATE'),
+      certPem: D.pem(der, 'CERTIFICATE'),
       serial: opensslSerialHex(serial),
       spkiSha256: createHash('sha256').update(csr.spki).digest('hex'),
       notBefore,

@@ -13,10 +13,8 @@ export { x509 };
 export const subtle = webcrypto.subtle;
 export const EC_ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 
-export function toPem(der: ArrayBuffer | Uint8Array, label: string): string {
-  const b64 = (der instanceof Uint8Array ? Buffer.from(der.buffer, der.byteOffset, der.byteLength) : Buffer.from(der))
-    .toString('base64')
-    .replace(/.{64}/g, '$&\n');
+export function toPem(der: ArrayBuffer, label: string): string {
+  const b64 = Buffer.from(der).toString('base64').replace(/.{64}/g, '$&\n');
   return `-----BEGIN ${label}-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`;
 }
 

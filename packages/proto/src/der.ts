@@ -1,10 +1,11 @@
 /**
- * The little DER the CA needs on its hot path: reading a PKCS#10 request and
- * writing an endpoint certificate, whose shape is fixed. @peculiar/x509 did
- * both through generic ASN.1 schemas at ≈ 9.5 ms of the hub's CPU per
- * enrolment on this machine (docs/performance.md); this is ≈ 0.6 ms, most of it
- * OpenSSL decoding the key and checking the signature. Rare certificates (the
- * CA's, the hub's) are still made with @peculiar/x509.
+ * The little DER enrolment needs: an agent writing its PKCS#10 request, the
+ * hub reading it and writing the endpoint certificate, all of a fixed shape.
+ * @peculiar/x509 did these through generic ASN.1 schemas at ≈ 9.5 ms of the
+ * hub's CPU per enrolment on this machine (docs/performance.md); with this,
+ * ≈ 0.7 ms, most of it OpenSSL decoding the key and checking the signature.
+ * Rare certificates (the CA's, the hub's) are still made with @peculiar/x509.
+ * Used as `der.seq(…)` (proto's index exports it as a namespace).
  */
 
 /** One tag-length-value: `start` of the tag, `body` of the contents, `end` past them. */
@@ -92,3 +93,23 @@ export function time(ms: number): Buffer {
 export function directoryString(s: string): Buffer {
   return /^[A-Za-z0-9 '()+,\-./:=?]*$/.test(s) ? tlv(0x13, Buffer.from(s, 'latin1')) : tlv(0x0c, Buffer.from(s, 'utf8'));
 }
+
+/** PEM text around DER bytes, 64 characters a line. */
+export function pem(bytes: Uint8Array, label: string): string {
+  const b64 = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64').replace(/.{64}/g, '$&\n');
+  return `-----BEGIN ${label}-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`;
+}
+
+/** Object identifiers of enrolment. */
+export const OID = {
+  ecdsaWithSha256: oid('1.2.840.10045.4.3.2'),
+  commonName: oid('2.5.4.3'),
+  organization: oid('2.5.4.10'),
+  basicConstraints: oid('2.5.29.19'),
+  keyUsage: oid('2.5.29.15'),
+  extKeyUsage: oid('2.5.29.37'),
+  subjectAltName: oid('2.5.29.17'),
+  clientAuth: oid('1.3.6.1.5.5.7.3.2'),
+};
+/** The AlgorithmIdentifier of ECDSA with SHA-256 (no parameters). */
+export const ECDSA_SHA256 = seq(OID.ecdsaWithSha256);
