@@ -186,9 +186,15 @@ async function main() {
   }
 
   // ---- warm up (JIT, connection pools), then the interleaved measurements ----
+  // Each workload once through every path, as long as a measurement: V8
+  // compiles a daemon's code for a round trip and for opening a tunnelled
+  // connection as it runs, and on a slow machine the first 2,000 round trips
+  // and 1.5 s of connections measured that (ztm: 0.6–0.7× the connection
+  // rate of the rounds after, p99 5–8×; docs/performance.md, Method).
   for (const p of paths) {
     await iperf(p.ports.iperf, {}, { seconds: 1 }).catch((e) => log(`${p.name}: warm-up iperf3 failed: ${e.message}`));
-    await latency(rr, p.ports.echo, { count: 200, warmup: 50 }).catch(() => {});
+    await latency(rr, p.ports.echo, { count: cfg.latCount, warmup: 50 }).catch(() => {});
+    await connRate(rr, p.ports.echo, { parallel: 16, seconds: cfg.connSeconds }).catch(() => {});
   }
   const runs = [
     ['gbps1', { streams: 1 }],

@@ -125,16 +125,20 @@ export async function initHub({ tag, base, names, mesh = 'bench', nodeArgs = [],
   const hubDir = join(base, 'hub');
   const permits = {};
   await runCmd(node, [HUB_BIN, 'init', '--data', hubDir, '--names', hubAddr, '--mesh', mesh]);
-  for (const name of names) {
-    permits[name] = join(base, `${name}.permit.json`);
-    await runCmd(node, [HUB_BIN, 'permit', 'create', name, '--data', hubDir, '--out', permits[name]]);
-  }
   const hubConfig = join(base, 'hub.yaml');
   writeFileSync(hubConfig, 'enrolPerMinute: 100000000\n');
-  const configArgs = await runCmd(node, [HUB_BIN, 'config', 'check', '--config', hubConfig]).then(
-    () => ['--config', hubConfig],
-    () => [],
-  );
+  // The permits (the registry takes concurrent writers) and the config check
+  // at once: each command is a process that starts in 0.4–0.9 s.
+  const [configArgs] = await Promise.all([
+    runCmd(node, [HUB_BIN, 'config', 'check', '--config', hubConfig]).then(
+      () => ['--config', hubConfig],
+      () => [],
+    ),
+    ...names.map((name) => {
+      permits[name] = join(base, `${name}.permit.json`);
+      return runCmd(node, [HUB_BIN, 'permit', 'create', name, '--data', hubDir, '--out', permits[name]]);
+    }),
+  ]);
   const serve = () =>
     start(`${tag}-hub`, node, [...binNodeArgs(HUB_BIN), ...nodeArgs, HUB_BIN, 'serve', '--data', hubDir, '--listen', hubAddr, ...configArgs, ...serveArgs], {
       env,
