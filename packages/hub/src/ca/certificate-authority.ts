@@ -3,13 +3,25 @@
  * Issues the hub's server certificate and endpoint client certificates from
  * CSRs made on the devices, and signs permits.
  */
-import { type KeyObject, createHash, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
+import { type KeyObject, X509Certificate, createHash, createPrivateKey, createPublicKey, randomBytes, sign, verify } from 'node:crypto';
 import { isIP } from 'node:net';
 import { ErrorCodes, ZtmError, clusterUri, der as D, endpointUri, userUri } from '@ztm/proto';
 
 const { ECDSA_SHA256, OID, TRUE, bitString, directoryString, octetString, readTlv, seq, set, time, tlv, unsignedInteger } = D;
 type Tlv = D.Tlv;
-import { type CryptoKey, EC_ALG, exportPrivateKeyPem, generateKeyPair, importPrivateKeyPem, randomSerial, x509 } from './x509.js';
+import type { CryptoKey } from './x509.js';
+
+/** @peculiar/x509 and its ASN.1 schemas, for the CA's and the hub's own
+ * certificates only: loaded when one is made (init), not by a hub that serves
+ * or a CLI command that signs a permit. */
+const x509Module = () => import('./x509.js');
+
+/** A positive 128-bit serial number without a leading zero byte, hex. */
+export function randomSerial(): string {
+  const bytes = randomBytes(16);
+  bytes[0] = (bytes[0] as number) & 0x7f || 1;
+  return bytes.toString('hex');
+}
 
 export interface KeyAndCert {
   certPem: string;
@@ -29,6 +41,7 @@ export interface IssuedCertificate {
 const BACKDATE_MS = 5 * 60_000;
 
 export async function createCa(mesh: string, lifetimeMs = 10 * 365 * 86_400_000): Promise<KeyAndCert> {
+  const { EC_ALG, exportPrivateKeyPem, generateKeyPair, x509 } = await x509Module();
   const keys = await generateKeyPair();
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -145,7 +158,6 @@ export class CertificateAuthority {
   /** The CA key parsed once, for permits and endpoint certificates (parsing
    * the PEM per permit was most of a permit's cost). */
   #keyObject: KeyObject | undefined;
-  #cert: x509.X509Certificate;
   /** The CA's subject as its certificate holds it: every issuer name. */
   readonly #issuerName: Buffer;
 
@@ -153,14 +165,13 @@ export class CertificateAuthority {
     this.mesh = mesh;
     this.certPem = material.certPem;
     this.#keyPem = material.keyPem;
-    this.#cert = new x509.X509Certificate(material.certPem);
-    const caDer = new Uint8Array(this.#cert.rawData);
+    const caDer = new X509Certificate(material.certPem).raw;
     const { subject } = tbsFields(caDer);
     this.#issuerName = Buffer.from(caDer.subarray(subject.start, subject.end));
   }
 
   async #signingKey(): Promise<CryptoKey> {
-    this.#key ??= await importPrivateKeyPem(this.#keyPem);
+    this.#key ??= await (await x509Module()).importPrivateKeyPem(this.#keyPem);
     return this.#key;
   }
 
@@ -176,15 +187,16 @@ export class CertificateAuthority {
 
   /** The hub's TLS server certificate, for the host parts of its names. */
   async issueServerCertificate(names: readonly string[], lifetimeMs = 825 * 86_400_000): Promise<KeyAndCert> {
+    const { EC_ALG, exportPrivateKeyPem, generateKeyPair, x509 } = await x509Module();
     const keys = await generateKeyPair();
     const hosts = new Set<string>(['localhost', '127.0.0.1', '::1']);
     for (const n of names) hosts.add(hostOf(n));
-    const sans: x509.JsonGeneralName[] = [...hosts].map((h) => (isIP(h) ? { type: 'ip', value: h } : { type: 'dns', value: h }));
+    const sans: import('./x509.js').x509.JsonGeneralName[] = [...hosts].map((h) => (isIP(h) ? { type: 'ip', value: h } : { type: 'dns', value: h }));
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: randomSerial(),
       subject: `CN=ztm hub ${this.mesh},O=ztm`,
-      issuer: this.#cert.subject,
+      issuer: new x509.Name(this.#issuerName),
       notBefore: new Date(now - BACKDATE_MS),
       notAfter: new Date(now + lifetimeMs),
       publicKey: keys.publicKey,

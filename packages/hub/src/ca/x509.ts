@@ -35,10 +35,3 @@ export async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
 export async function importPrivateKeyPem(pem: string): Promise<CryptoKey> {
   return subtle.importKey('pkcs8', fromPem(pem), EC_ALG, true, ['sign']);
 }
-
-export function randomSerial(): string {
-  const bytes = webcrypto.getRandomValues(new Uint8Array(16));
-  bytes[0] = (bytes[0] as number) & 0x7f; // positive
-  if (bytes[0] === 0) bytes[0] = 1; // no leading zero byte
-  return Buffer.from(bytes).toString('hex');
-}
