@@ -6,10 +6,10 @@
 import { type KeyObject, X509Certificate, createHash, createPrivateKey, createPublicKey, randomBytes, sign, verify } from 'node:crypto';
 import { isIP } from 'node:net';
 import { ErrorCodes, ZtmError, clusterUri, der as D, endpointUri, userUri } from '@ztm/proto';
+import type { CryptoKey } from './x509.js';
 
 const { ECDSA_SHA256, OID, TRUE, bitString, directoryString, octetString, readTlv, seq, set, time, tlv, unsignedInteger } = D;
 type Tlv = D.Tlv;
-import type { CryptoKey } from './x509.js';
 
 /** @peculiar/x509 and its ASN.1 schemas, for the CA's and the hub's own
  * certificates only: loaded when one is made (init), not by a hub that serves
@@ -122,7 +122,8 @@ function parseCsr(csrPem: string): CheckedCsr {
     if (version.end - version.body !== 1 || der[version.body] !== 0) throw new Error(`${what}: version is not 1`);
     const subject = readTlv(der, version.end, 0x30, what, info.end);
     spki = readTlv(der, subject.end, 0x30, what, info.end);
-    if (spki.end < info.end) readTlv(der, spki.end, 0xa0, what, info.end); // [0] attributes
+    const rest = spki.end < info.end ? readTlv(der, spki.end, 0xa0, what, info.end).end : spki.end; // [0] attributes
+    if (rest !== info.end) throw new Error(`${what}: fields after the attributes`);
     ecdsaSha256 = der.subarray(algorithm.start, algorithm.end).equals(ECDSA_SHA256);
     if (bits.end - bits.body < 2 || der[bits.body] !== 0) throw new Error(`${what}: signature is not whole bytes`);
     signature = der.subarray(bits.body + 1, bits.end);
