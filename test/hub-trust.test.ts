@@ -3,7 +3,7 @@
  * whatever a client sends for the connection's life), and checks the hub's
  * certificate itself against the mesh CA after the handshake. Every reason to
  * refuse a hub is tried on a real TLS connection. */
-import { X509Certificate, createHash, createPrivateKey, createPublicKey, webcrypto } from 'node:crypto';
+import { KeyObject, X509Certificate, createHash, createPrivateKey, createPublicKey, sign, webcrypto } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';
 import { CertificateAuthority, createCa } from '@ztm/hub';
@@ -209,6 +209,17 @@ t.test('a CSR is refused, typed, for each way it can be wrong', async (t) => {
   const at = info.indexOf(Buffer.from('alpha'));
   info[at] = 'A'.charCodeAt(0);
   await refused(pem(info), /does not verify/, 'its subject altered');
+  // Well signed, but a field after the attributes: refused as malformed.
+  const key = KeyObject.from(keys.privateKey);
+  const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
+  const extra = der.seq(
+    Buffer.from([0x02, 0x01, 0x00]),
+    der.seq(der.set(der.seq(der.OID.commonName, der.directoryString('alpha')))),
+    spki,
+    Buffer.from([0xa0, 0x00]),
+    Buffer.from([0x05, 0x00]),
+  );
+  await refused(pem(der.seq(extra, der.ECDSA_SHA256, der.bitString(sign('sha256', extra, key)))), /not a PEM PKCS#10/, 'a field after the attributes');
   const rsaAlg = { name: 'RSASSA-PKCS1-v1_5', modulusLength: 1024, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' };
   const rsaCsr = await x509.Pkcs10CertificateRequestGenerator.create({
     name: 'CN=rsa',
