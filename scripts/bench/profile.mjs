@@ -6,14 +6,17 @@
 // (lib/alloc-sampler.cjs) and the report is the bytes each allocates per
 // round trip, connection or MB moved, by allocating function.
 //
-//   scripts/bench/run --profile [--alloc] [--workload iperf|iperf8|conns|latency] [--seconds N] [--out FILE]
+//   scripts/bench/run --profile [--alloc] [--workload iperf|iperf8|conns|latency] [--seconds N] [--peer frp] [--out FILE]
+//
+// --peer frp: then the same workload through frp's stcp path under perf, its
+// CPU by category beside ours (Go's crypto, runtime and memmove named).
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatAlloc, summariseAlloc } from './lib/allocprofile.mjs';
 import { format, summarise } from './lib/cpuprofile.mjs';
-import { MALLOC, startTargets, ztm } from './lib/paths.mjs';
+import { MALLOC, frp, startTargets, ztm } from './lib/paths.mjs';
 import { cleanupAll, runDir, sleep, stop } from './lib/procs.mjs';
 import { connRate, iperf, latency } from './lib/workloads.mjs';
 
@@ -26,6 +29,7 @@ const workload = opt('--workload', 'iperf');
 const seconds = Number(opt('--seconds', 8));
 const outFile = opt('--out');
 const alloc = argv.includes('--alloc');
+const peer = opt('--peer');
 const rr = process.env.ZTM_BENCH_RR;
 const log = (m) => process.stderr.write(`${m}\n`);
 
@@ -53,7 +57,11 @@ function perfWorks() {
 function category(dso, sym) {
   if (dso.includes('kernel') || sym.startsWith('[k]')) return 'kernel (syscalls, TCP, scheduling)';
   const s = sym.replace(/^\[[.k]\]\s*/, '').replace(/^_+/, '');
-  if (/^(memmove|memcpy|memset|__memmove|__memcpy|__memset)/i.test(s)) return 'memcpy/memset';
+  if (/^(memmove|memcpy|memset|__memmove|__memcpy|__memset|runtime\.memmove|runtime\.memclr)/i.test(s)) return 'memcpy/memset';
+  // Go (frp, under --peer frp): its own crypto, runtime and the rest.
+  if (/^(crypto\/|vendor\/golang\.org\/x\/crypto|golang\.org\/x\/crypto)/.test(s)) return 'Go crypto (TLS, AES-GCM)';
+  if (/^runtime\./.test(s)) return 'Go runtime (scheduler, GC, netpoll)';
+  if (/^(frpc|frps)$/.test(dso)) return 'Go (frp, yamux, net, io)';
   if (
     /^(aes|gcm|ghash|ossl_|OSSL_|EVP_|evp_|do_ssl|WPACKET|CRYPTO_|ssl|SSL_|tls|BIO_|sha\d|SHA\d|ecp_|bn_|BN_|x25519|chacha|ChaCha|poly1305|Poly1305|ERR_|OPENSSL|asn1|ASN1|X509|PEM_|EC_|ECDSA|RAND_|OBJ_|lh_|sk_|ossl)/.test(
       s,
@@ -115,15 +123,33 @@ async function main() {
     for (const pid of Object.values(roles)) process.kill(pid, 'SIGUSR2');
     await sleep(300);
   }
+  const perfs = usePerf ? await startPerf(roles, 'ztm') : [];
+  const { result, units, window, sys } = await measure(mesh.ports, roles);
+  await Promise.all(perfs.map((p) => p.done));
+  const out = [`workload ${workload} through the ztm path: ${result}`, `syscalls (/proc/PID/io) — ${sys.join('; ')}`, ''];
+  if (alloc) out.push(...(await allocReport(dir, roles, units)));
+  else out.push(...(await cpuReport(dir, roles, mesh, window, usePerf, perfs)));
+  if (peer) out.push(...(await peerReport(targets, usePerf)));
+  const text = out.join('\n');
+  console.log(text);
+  if (outFile) writeFileSync(outFile, `${text}\n`);
+}
+
+/** `perf record` on each process of a path for the workload's length. */
+async function startPerf(roles, tag) {
   const perfs = [];
-  if (usePerf) {
-    for (const [role, pid] of Object.entries(roles)) {
-      const file = join(runDir(), `perf-${role}.data`);
-      const p = spawn('perf', ['record', '-q', '-F', '997', '-p', String(pid), '-o', file, '--', 'sleep', String(seconds)], { stdio: 'ignore' });
-      perfs.push({ role, file, done: new Promise((r) => p.on('close', r)) });
-    }
-    await sleep(300);
+  for (const [role, pid] of Object.entries(roles)) {
+    const file = join(runDir(), `perf-${tag}-${role}.data`);
+    const p = spawn('perf', ['record', '-q', '-F', '997', '-p', String(pid), '-o', file, '--', 'sleep', String(seconds)], { stdio: 'ignore' });
+    perfs.push({ role, file, done: new Promise((r) => p.on('close', r)) });
   }
+  await sleep(300);
+  return perfs;
+}
+
+/** The workload once through a path: its result line, the units per which
+ * allocations are reported, the time window, and each process's syscalls. */
+async function measure(ports, roles) {
   const io = (pid) => {
     try {
       const t = readFileSync(`/proc/${pid}/io`, 'utf8');
@@ -139,18 +165,18 @@ async function main() {
   const nowUs = () => Number(process.hrtime.bigint() / 1000n);
   const window = { fromUs: nowUs(), toUs: 0 };
   if (workload === 'iperf' || workload === 'iperf8') {
-    const r = await iperf(mesh.ports.iperf, roles, { seconds, streams: workload === 'iperf8' ? 8 : 1 });
+    const r = await iperf(ports.iperf, roles, { seconds, streams: workload === 'iperf8' ? 8 : 1 });
     bytesMoved = r.bytes;
     units = { n: r.bytes / 1e6, unit: 'MB moved' };
     result = `${r.gbps.toFixed(2)} Gbit/s; CPU s/GB: ${Object.entries(r.cpu)
       .map(([k, v]) => `${k} ${(v / (r.bytes / 1e9)).toFixed(2)}`)
       .join(', ')}`;
   } else if (workload === 'conns') {
-    const r = await connRate(rr, mesh.ports.echo, { parallel: 16, seconds, max: 1_000_000 });
+    const r = await connRate(rr, ports.echo, { parallel: 16, seconds, max: 1_000_000 });
     result = `${r.connsPerSec} conns/s (16 parallel), ${r.errors} errors`;
     units = { n: Math.max(1, r.connsPerSec * seconds), unit: 'connection' };
   } else {
-    const r = await latency(rr, mesh.ports.echo, { count: Math.round(seconds * 3000) });
+    const r = await latency(rr, ports.echo, { count: Math.round(seconds * 3000) });
     result = `p50 ${r.p50us} µs, p99 ${r.p99us} µs over ${r.count} round trips`;
     units = { n: r.count, unit: 'round trip' };
   }
@@ -161,13 +187,41 @@ async function main() {
     const w = d.w - io0[k].w;
     return `${k}: ${r} read / ${w} write syscalls${bytesMoved ? ` (${Math.round(bytesMoved / Math.max(1, w) / 1024)} KiB moved per write)` : ''}`;
   });
+  return { result, units, window, sys };
+}
+
+/** --peer frp: the same workload through frp's stcp path right after, under
+ * perf alone (the ztm path ran under --cpu-prof as well, which costs it a few
+ * per cent: compare where the CPU goes, not the throughputs). */
+async function peerReport(targets, usePerf) {
+  if (peer !== 'frp') return [`--peer ${peer}: only frp is profiled beside ztm`];
+  if (alloc) return ['--peer goes with the CPU profile, not --alloc'];
+  const bin = process.env.ZTM_BENCH_FRP_BIN;
+  if (!bin) return [`frp: not profiled (${process.env.ZTM_BENCH_FRP_SKIP || 'not built'})`];
+  const path = await frp(targets, bin);
+  await iperf(path.ports.iperf, {}, { seconds: 1 });
+  if (workload === 'latency') await latency(rr, path.ports.echo, { count: 2000 });
+  const perfs = usePerf ? await startPerf(path.roles, 'frp') : [];
+  const { result, sys } = await measure(path.ports, path.roles);
   await Promise.all(perfs.map((p) => p.done));
-  const out = [`workload ${workload} through the ztm path: ${result}`, `syscalls (/proc/PID/io) — ${sys.join('; ')}`, ''];
-  if (alloc) out.push(...(await allocReport(dir, roles, units)));
-  else out.push(...(await cpuReport(dir, roles, mesh, window, usePerf, perfs)));
-  const text = out.join('\n');
-  console.log(text);
-  if (outFile) writeFileSync(outFile, `${text}\n`);
+  const out = [`workload ${workload} through frp's stcp path, under perf alone: ${result}`, `syscalls (/proc/PID/io) — ${sys.join('; ')}`, ''];
+  if (!usePerf) return [...out, 'perf: not available here'];
+  for (const p of perfs) out.push(...perfLines(`perf frp ${p.role}`, p.file));
+  return out;
+}
+
+/** A perf recording as shares by category and its top symbols. */
+function perfLines(title, file) {
+  try {
+    const r = perfReport(file);
+    const out = [`${title}: share of its samples`];
+    for (const [c, pct] of r.cats) out.push(`  ${pct.toFixed(1).padStart(5)} %  ${c}`);
+    out.push('  top symbols:', ...r.top.map((l) => `  ${l}`));
+    if (r.unknown.length) out.push('  top unclassified:', ...r.unknown.map((l) => `  ${l}`));
+    return [...out, ''];
+  } catch (err) {
+    return [`${title}: report failed: ${err.message}`, ''];
+  }
 }
 
 /** The --cpu-prof JS view of each process and, where perf worked, the native one. */
@@ -183,20 +237,8 @@ async function cpuReport(dir, roles, mesh, window, usePerf, perfs) {
     const role = Object.entries(roles).find(([, p]) => p === pid)?.[0] ?? `pid ${pid}`;
     out.push(format(`--cpu-prof ${role} (during the workload)`, summarise(join(dir, f), 20, window)), '');
   }
-  if (usePerf) {
-    for (const p of perfs) {
-      try {
-        const r = perfReport(p.file);
-        out.push(`perf ${p.role}: share of its samples`);
-        for (const [c, pct] of r.cats) out.push(`  ${pct.toFixed(1).padStart(5)} %  ${c}`);
-        out.push('  top symbols:', ...r.top.map((l) => `  ${l}`));
-        if (r.unknown.length) out.push('  top unclassified:', ...r.unknown.map((l) => `  ${l}`));
-        out.push('');
-      } catch (err) {
-        out.push(`perf ${p.role}: report failed: ${err.message}`, '');
-      }
-    }
-  } else out.push('perf: not available here (perf record failed); JS view only');
+  if (usePerf) for (const p of perfs) out.push(...perfLines(`perf ${p.role}`, p.file));
+  else out.push('perf: not available here (perf record failed); JS view only');
   return out;
 }
 
