@@ -78,7 +78,7 @@ export function spkiOfCertificate(der: Uint8Array): Uint8Array {
 }
 
 /** The fields of a DER certificate's tbsCertificate up to its key. */
-function tbsFields(der: Uint8Array): { issuer: Tlv; subject: Tlv; spki: Tlv } {
+function tbsFields(der: Uint8Array): { subject: Tlv; spki: Tlv } {
   const what = 'certificate DER';
   const SEQ = 0x30;
   const certificate = readTlv(der, 0, SEQ, what);
@@ -92,12 +92,14 @@ function tbsFields(der: Uint8Array): { issuer: Tlv; subject: Tlv; spki: Tlv } {
   const validity = next(issuer.end, SEQ);
   const subject = next(validity.end, SEQ);
   const spki = next(subject.end, SEQ);
-  return { issuer, subject, spki };
+  return { subject, spki };
 }
 
-/** A PKCS#10 request checked by `checkCsr`: its key, as the bytes it carries. */
+/** A PKCS#10 request checked by `checkCsr`: its key, as the bytes it carries,
+ * and their SHA-256 (hex), which binds an endpoint name to the key. */
 export interface CheckedCsr {
   spki: Buffer;
+  spkiSha256: string;
 }
 
 /** Parse a PEM PKCS#10 request and check it signs itself with an ECDSA P-256
@@ -148,7 +150,7 @@ function parseCsr(csrPem: string): CheckedCsr {
     throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request is damaged (its key or signature does not parse)', { cause: err });
   }
   if (!ok) throw new ZtmError(ErrorCodes.CSR_INVALID, 'certificate request signature does not verify');
-  return { spki: Buffer.from(spkiBytes) };
+  return { spki: Buffer.from(spkiBytes), spkiSha256: createHash('sha256').update(spkiBytes).digest('hex') };
 }
 
 export class CertificateAuthority {
@@ -216,7 +218,7 @@ export class CertificateAuthority {
   /** Parse and verify a CSR; returns its key and the key's SPKI hash. */
   async checkCsr(csrPem: string): Promise<{ csr: CheckedCsr; spkiSha256: string }> {
     const csr = parseCsr(csrPem);
-    return { csr, spkiSha256: createHash('sha256').update(csr.spki).digest('hex') };
+    return { csr, spkiSha256: csr.spkiSha256 };
   }
 
   /** Issue an endpoint's client certificate. Identity (CN, SAN URI) comes from
@@ -261,7 +263,7 @@ export class CertificateAuthority {
     return {
       certPem: D.pem(der, 'CERTIFICATE'),
       serial: opensslSerialHex(serial),
-      spkiSha256: createHash('sha256').update(csr.spki).digest('hex'),
+      spkiSha256: csr.spkiSha256,
       notBefore,
       notAfter,
     };

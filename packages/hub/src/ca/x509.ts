@@ -3,6 +3,7 @@
 import 'reflect-metadata';
 import { webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
+import { der } from '@ztm/proto';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
@@ -12,11 +13,6 @@ export type CryptoKeyPair = webcrypto.CryptoKeyPair;
 export { x509 };
 export const subtle = webcrypto.subtle;
 export const EC_ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
-
-export function toPem(der: ArrayBuffer, label: string): string {
-  const b64 = Buffer.from(der).toString('base64').replace(/.{64}/g, '$&\n');
-  return `-----BEGIN ${label}-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`;
-}
 
 export function fromPem(pem: string): ArrayBuffer {
   const b64 = pem.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, '');
@@ -29,7 +25,7 @@ export async function generateKeyPair(): Promise<CryptoKeyPair> {
 }
 
 export async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
-  return toPem(await subtle.exportKey('pkcs8', key), 'PRIVATE KEY');
+  return der.pem(new Uint8Array(await subtle.exportKey('pkcs8', key)), 'PRIVATE KEY');
 }
 
 export async function importPrivateKeyPem(pem: string): Promise<CryptoKey> {
