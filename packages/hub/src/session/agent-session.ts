@@ -16,6 +16,9 @@ import type { PeerIdentity } from './peer-identity.js';
  * session is dropped: we never buffer without bound for a slow peer. */
 const MAX_CONTROL_BACKLOG_BYTES = 1024 * 1024;
 const REVERSE_WAIT_MS = 5_000;
+/** Bytes an agent must take from us between two keepalive visits to count as
+ * alive by that alone: far more than our PINGs (tookFromUsSinceLastVisit). */
+const WRITE_PROOF_BYTES = 16 * 1024;
 
 /** Session ids (logs, welcome): a random prefix per hub process and a count,
  * not a random draw per connect (OpenSSL's RNG per call was ≈ 20 µs of each). */
@@ -53,8 +56,10 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   #reverseAckAt = 0;
   #reversePinging = false;
   #reverseBytesSeen = 0;
+  #reverseWrittenSeen = 0;
   #reverseHeardAt = 0;
   #bytesSeen = 0;
+  #writtenSeen = 0;
   readonly #heartbeat = new Heartbeat();
   #closeReason: string | undefined;
 
@@ -147,6 +152,20 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     return fresh;
   }
 
+  /** Whether the agent took at least WRITE_PROOF_BYTES from us on the main
+   * session since the last call: its proof of life while we send it data.
+   * node:http2 stops reading a socket while one of its writes is pending, so
+   * while we write faster than the agent reads, its PINGs wait unread in our
+   * socket buffer however alive it is; a write completing means it read.
+   * Our own PINGs are far smaller: a frozen agent whose kernel still takes
+   * them proves nothing, and one taking bulk stops once its buffers fill. */
+  tookFromUsSinceLastVisit(): boolean {
+    const n = bytesWrittenOf(this.main);
+    const fresh = n - this.#writtenSeen;
+    this.#writtenSeen = n;
+    return fresh >= WRITE_PROOF_BYTES;
+  }
+
   /** A PING to an agent that sends us data, once an interval: the sweep's
    * heartbeat (session-manager.ts). Its answer is not waited for. */
   beat(now: number, intervalMs: number): boolean {
@@ -159,6 +178,7 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     this.#reverseAckAt = Date.now();
     this.#reversePinging = false;
     this.#reverseBytesSeen = 0;
+    this.#reverseWrittenSeen = 0;
     this.#reverseHeardAt = Date.now();
     if (old && !old.destroyed) old.close();
     reverse.on('close', () => {
@@ -178,12 +198,18 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
   sweepReverse(now: number, probeAfterMs: number, timeoutMs: number, onPing: () => void): void {
     const r = this.#reverse;
     if (!r || r.destroyed) return;
-    // Bytes from the agent count as a sign of life here too (readSinceLastVisit).
+    // Bytes from the agent count as a sign of life here too
+    // (readSinceLastVisit), and so does its taking our data: this is the
+    // session we send it data on, and while a write of ours waits we read
+    // nothing, its PINGs included (tookFromUsSinceLastVisit).
     const read = bytesReadOf(r);
     if (read !== this.#reverseBytesSeen) {
       this.#reverseBytesSeen = read;
       this.#reverseHeardAt = now;
     }
+    const written = bytesWrittenOf(r);
+    if (written - this.#reverseWrittenSeen >= WRITE_PROOF_BYTES) this.#reverseHeardAt = now;
+    this.#reverseWrittenSeen = written;
     if (now - Math.max(this.#reverseAckAt, this.#reverseHeardAt) > timeoutMs) {
       this.log.warn({ timeoutMs }, 'reverse session stopped answering pings; dropping it');
       r.destroy();
@@ -268,6 +294,17 @@ export class AgentSession extends EventEmitter<{ close: [reason: string]; revers
     const why = this.#closeReason ?? reason;
     this.log.info({ reason: why, durationMs: Date.now() - this.connectedAt }, 'session closed');
     this.emit('close', why);
+  }
+}
+
+/** Bytes written so far to the session's socket (0 once it is gone). A write
+ * is counted when handed to the socket, and node:http2 hands over its next
+ * only once the last has completed. */
+function bytesWrittenOf(session: ServerHttp2Session | ClientHttp2Session): number {
+  try {
+    return session.socket?.bytesWritten ?? 0;
+  } catch {
+    return 0;
   }
 }
 

@@ -163,8 +163,9 @@ export class SessionManager {
       if (s.keepaliveDue > now) break;
       if (s.closed || this.#byEndpoint.get(s.endpoint) !== s) continue;
       const fresh = s.readSinceLastVisit();
-      if (fresh > 0) s.lastHeardAt = now;
-      // Alive: any bytes from it (its PINGs among them) or an answer to ours.
+      if (s.tookFromUsSinceLastVisit() || fresh > 0) s.lastHeardAt = now;
+      // Alive: any bytes from it (its PINGs among them), an answer to ours, or
+      // its taking a good deal of our data (agent-session.ts).
       const silent = now - Math.max(s.lastAckAt, s.lastHeardAt);
       if (silent > timeout) {
         s.destroy(new ZtmError(ErrorCodes.TIMEOUT, `keepalive timeout (${timeout} ms)`));
