@@ -38,7 +38,7 @@ const bail = async (code, why) => {
   if (done) return;
   done = true;
   if (why) log(why);
-  await cleanupAll();
+  await cleanupAll({ keep: argv.includes('--keep') });
   process.exit(code);
 };
 process.on('SIGINT', () => void bail(130, 'interrupted'));
