@@ -4,7 +4,7 @@
 import { once } from 'node:events';
 import t from 'tap';
 import { freePort } from './helpers/index.js';
-import { openTunnel, startMesh, tunnelList, waitFor } from './helpers/tunnels.js';
+import { openTunnel, startMesh, tunnelList, tunnelOpen, waitFor } from './helpers/tunnels.js';
 import { connect, echoServer, hashAll, pseudoRandom, readAll, sha256Of, tcpServer, writeAll } from './helpers/servers.js';
 
 t.test('tcp tunnel data path', async (t) => {
@@ -111,6 +111,35 @@ t.test('tcp tunnel data path', async (t) => {
     await m.agents.entry!.daemon.waitLog((l) => l.msg === 'connection refused' && l.code === 'ZTM_ERR_TARGET_UNREACHABLE');
     t.equal(exitView?.stats.open, 0, 'nothing left open');
   });
+});
+
+t.test('an exit that refuses: the hub tries the next, and the bytes the client sent first arrive whole', async (t) => {
+  // The entrance sends a connection's first bytes with its stream's HEADERS
+  // and the hub passes them on before the exit has answered, keeping a copy
+  // of up to 64 KiB; an exit whose target refuses answers so, and the hub
+  // sends the copy to the next. The client writes 100,000 bytes and its FIN
+  // at once: more than the hub keeps, so the rest waits for an answer.
+  const m = await startMesh(t, ['entry', 'refusing', 'working']);
+  const dead = await freePort(); // nothing listens here
+  const echo = await echoServer(t);
+  const port = await freePort();
+  await tunnelOpen(m.agents.refusing!, ['outbound', 'tcp/failover', '--target', `127.0.0.1:${dead}`]);
+  await tunnelOpen(m.agents.working!, ['outbound', 'tcp/failover', '--target', `127.0.0.1:${echo.port}`]);
+  await tunnelOpen(m.agents.entry!, ['inbound', 'tcp/failover', '--listen', `127.0.0.1:${port}`]);
+  for (let i = 0; i < 4; i++) {
+    const payload = Buffer.concat([...pseudoRandom(`failover-${i}`, 100_000)]);
+    const c = await connect(port);
+    const reply = readAll(c);
+    c.end(payload);
+    t.ok((await reply).equals(payload), `connection ${i + 1}: the whole request came back through the working exit`);
+  }
+  // Exits are taken in turn: half the connections met the refusing one first.
+  const refusals = m.hub.daemon.logs().filter((l) => l.msg === 'exit refused; trying next');
+  t.equal(refusals.length, 2, 'the hub met the refusing exit first twice, and tried the next');
+  const refusing = (await tunnelList(m.agents.refusing!)).find((v) => v.tunnel === 'tcp/failover');
+  t.equal(refusing?.stats.failures.ZTM_ERR_TARGET_UNREACHABLE, 2, 'the refusing exit counted its two refusals');
+  const working = (await tunnelList(m.agents.working!)).find((v) => v.tunnel === 'tcp/failover');
+  t.equal(working?.stats.total, 4, 'the working exit carried all four');
 });
 
 t.test('allow-lists are checked by the hub with certificate identities', async (t) => {

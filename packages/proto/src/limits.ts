@@ -30,6 +30,11 @@ export const HTTP2_MAX_HEADER_LIST_BYTES = 16 * 1024;
  * third less hub CPU per Gbit/s, by moving bigger writes per syscall. */
 export const DATA_HIGH_WATER_MARK_BYTES = 1024 * 1024;
 
+/** What the hub sends an exit of a tunnel's first bytes before the exit has
+ * answered, keeping a copy for the next exit if it refuses; past it the
+ * entrance waits for the answer. A request of most protocols fits. */
+export const EARLY_REPLAY_BYTES = 64 * 1024;
+
 /** nghttp2's per-session memory cap (MB). Past it, the session answers new
  * streams — and, on a client, new responses — with ENHANCE_YOUR_CALM. Node's
  * default of 10 MB was hit by 500 concurrent tunnelled connections, each with

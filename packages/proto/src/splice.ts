@@ -144,7 +144,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
     if (!dst.write(c)) src.pause();
   });
   dst.on('drain', onDrain);
-  src.once('end', () => {
+  const onEnd = () => {
     dst.off('drain', onDrain);
     if (endedAbnormally(src)) return abort('destroyed before its end');
     const passOn = () => {
@@ -152,7 +152,65 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
     };
     if (probeableTcp(src)) src.write(EMPTY, (err) => (err ? abort(`reset (read as an end; ${(err as NodeJS.ErrnoException).code ?? err.message})`) : passOn()));
     else passOn();
-  });
+  };
+  // A source an early pump carried first (below) was left paused, and may
+  // have ended already: its 'end' will not come again.
+  if (src.readableEnded) process.nextTick(onEnd);
+  else src.once('end', onEnd);
+  if (src.isPaused()) src.resume();
+}
+
+/** An early pump: copies `src` to `dst` before the two are spliced, with
+ * backpressure, and nothing else: no end passes, no reset. A tunnel's first
+ * bytes travel with its stream's HEADERS this way instead of waiting a round
+ * trip through the mesh for the answer; nothing comes back before the answer.
+ * `stop()` detaches it and leaves `src` paused (what arrives stays buffered);
+ * a splice of the same two carries on from there, whether or not `src` ended
+ * meanwhile. With `keep`, the chunks copied are kept (`kept`, after any
+ * `replay` chunks, which are written first) and `src` is paused once that
+ * many bytes were read: what a hub replays to the next exit when one refuses. */
+export interface EarlyPump {
+  /** Detach; bytes read from `src` by this pump. */
+  stop(): number;
+  /** The replayed chunks and those read since, when keeping. */
+  readonly kept: Buffer[];
+}
+
+export function earlyPump(src: Duplex, dst: Duplex, opts: { keep?: number; replay?: readonly Buffer[] } = {}): EarlyPump {
+  const kept: Buffer[] = [];
+  let keptBytes = 0;
+  for (const c of opts.replay ?? []) {
+    kept.push(c);
+    keptBytes += c.length;
+    dst.write(c);
+  }
+  let read = 0;
+  let full = opts.keep !== undefined && keptBytes >= opts.keep;
+  const onDrain = () => {
+    if (!full) src.resume();
+  };
+  const onData = (c: Buffer) => {
+    read += c.length;
+    if (opts.keep !== undefined) {
+      kept.push(c);
+      keptBytes += c.length;
+      if (keptBytes >= opts.keep) full = true;
+    }
+    if (!dst.write(c) || full) src.pause();
+  };
+  src.on('data', onData);
+  dst.on('drain', onDrain);
+  if (full || dst.writableNeedDrain) src.pause();
+  else src.resume();
+  return {
+    kept,
+    stop() {
+      src.pause();
+      src.off('data', onData);
+      dst.off('drain', onDrain);
+      return read;
+    },
+  };
 }
 
 export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) => void, opts: SpliceOptions = {}): void {

@@ -15,6 +15,7 @@ import {
   formatHostPort,
   fromWire,
   readJsonBody,
+  earlyPump,
   respondError,
   splice,
   tunnelPath,
@@ -67,6 +68,11 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
     return;
   }
   stream.on('error', () => {});
+  // The client's first bytes go with the stream's HEADERS: the hub holds them
+  // (unread, within the stream's window) until an exit has connected its
+  // target, and an exit that refuses never saw them. Nothing comes back to
+  // the client before the answer.
+  const early = earlyPump(socket, stream);
   let answered = false;
   const onEarlyClose = () => stream.close(h2.NGHTTP2_CANCEL);
   socket.once('close', onEarlyClose);
@@ -78,6 +84,7 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
   });
   stream.once('response', (h) => {
     answered = true;
+    const sentEarly = early.stop();
     const status = Number(h[':status']);
     if (status !== 200) {
       readJsonBody(stream)
@@ -94,12 +101,16 @@ function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient,
     socket.off('close', onEarlyClose);
     stats.open++;
     stats.total++;
+    stats.bytesIn += sentEarly;
     splice(
       { stream: socket, reset: () => socket.resetAndDestroy(), release: () => socket.destroy() },
       { stream, reset: () => stream.close(h2.NGHTTP2_CANCEL) },
       (r) => {
         countClose(stats, r.end === 'done' ? 'closed' : 'reset');
-        log.debug({ tunnel: end.key, bytesIn: r.bytesAtoB, bytesOut: r.bytesBtoA, durationMs: r.durationMs, end: r.end, reason: r.reason }, 'stream closed');
+        log.debug(
+          { tunnel: end.key, bytesIn: sentEarly + r.bytesAtoB, bytesOut: r.bytesBtoA, durationMs: r.durationMs, end: r.end, reason: r.reason },
+          'stream closed',
+        );
       },
       { meter: stats, batchWrites: true },
     );

@@ -10,8 +10,10 @@ import {
   ErrorCodes,
   Headers,
   MCS_TUNNEL_PREFIX,
+  EARLY_REPLAY_BYTES,
   type TunnelId,
   ZtmError,
+  earlyPump,
   fromWire,
   readJsonBody,
   respondError,
@@ -69,6 +71,9 @@ export async function relayConnection(
     aborted = true;
   });
   let lastError: ZtmError | undefined;
+  // What the entrance sent before an exit answered, kept to send again to the
+  // next exit if this one refuses.
+  let kept: Buffer[] = [];
   for (const exit of exits) {
     if (aborted) return;
     let outbound: ClientHttp2Stream;
@@ -78,13 +83,22 @@ export async function relayConnection(
       lastError = err instanceof ZtmError ? err : new ZtmError(ErrorCodes.OFFLINE, (err as Error).message);
       continue;
     }
-    const answer = await exitAnswer(outbound);
+    // The entrance's first bytes go on at once: the exit reads nothing before
+    // its target has accepted, so a request is on its way while the exit
+    // connects. A refusal means no target saw them.
+    const early = earlyPump(inbound, outbound, { keep: EARLY_REPLAY_BYTES, replay: kept });
+    const { error: answer, refused } = await exitAnswer(outbound);
+    early.stop();
+    kept = early.kept;
     if (answer === null) {
       if (aborted) {
         outbound.close(h2.NGHTTP2_CANCEL);
         return;
       }
       const meter = deps.stats.opened(key);
+      const sentEarly = kept.reduce((n, c) => n + c.length, 0);
+      meter.bytesIn += sentEarly;
+      kept = [];
       inbound.respond({ ':status': 200 });
       splice(
         { stream: inbound, reset: () => inbound.close(h2.NGHTTP2_CANCEL) },
@@ -96,7 +110,7 @@ export async function relayConnection(
               tunnel: key,
               source: source.endpoint,
               exit: exit.endpoint,
-              bytesIn: r.bytesAtoB,
+              bytesIn: sentEarly + r.bytesAtoB,
               bytesOut: r.bytesBtoA,
               durationMs: r.durationMs,
               end: r.end,
@@ -110,6 +124,16 @@ export async function relayConnection(
       return;
     }
     lastError = answer;
+    if (!outbound.closed) outbound.close(h2.NGHTTP2_CANCEL);
+    if (!refused && kept.length > 0) {
+      // No answer: the exit may have passed the first bytes to a target before
+      // it went. Sending them to another could deliver them twice.
+      deps.log.info(
+        { tunnel: key, source: source.endpoint, exit: exit.endpoint, code: answer.code, reason: answer.message },
+        'exit did not answer; not retrying',
+      );
+      break;
+    }
     deps.log.info({ tunnel: key, source: source.endpoint, exit: exit.endpoint, code: answer.code, reason: answer.message }, 'exit refused; trying next');
   }
   const err = lastError ?? new ZtmError(ErrorCodes.NO_EXIT, `${key}: no exit answered`);
@@ -117,16 +141,17 @@ export async function relayConnection(
   respondError(inbound, err);
 }
 
-/** null when the exit answered 200; the exit's error otherwise. */
-function exitAnswer(out: ClientHttp2Stream): Promise<ZtmError | null> {
+/** error null when the exit answered 200; else the exit's error, and whether
+ * the exit answered it (refused: it passed nothing on to a target). */
+function exitAnswer(out: ClientHttp2Stream): Promise<{ error: ZtmError | null; refused: boolean }> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       out.close(h2.NGHTTP2_CANCEL);
-      resolve(new ZtmError(ErrorCodes.TIMEOUT, 'exit did not answer in time'));
+      resolve({ error: new ZtmError(ErrorCodes.TIMEOUT, 'exit did not answer in time'), refused: false });
     }, EXIT_ANSWER_TIMEOUT_MS);
     const onClose = () => {
       clearTimeout(timer);
-      resolve(new ZtmError(ErrorCodes.OFFLINE, 'exit closed the stream without answering'));
+      resolve({ error: new ZtmError(ErrorCodes.OFFLINE, 'exit closed the stream without answering'), refused: false });
     };
     out.on('error', () => {});
     out.once('close', onClose);
@@ -134,10 +159,10 @@ function exitAnswer(out: ClientHttp2Stream): Promise<ZtmError | null> {
       clearTimeout(timer);
       out.off('close', onClose);
       const status = Number(h[':status']);
-      if (status === 200) return resolve(null);
+      if (status === 200) return resolve({ error: null, refused: false });
       readJsonBody(out)
-        .then((body) => resolve(fromWire(body, status)))
-        .catch(() => resolve(new ZtmError(ErrorCodes.TARGET_UNREACHABLE, `exit answered ${status}`)));
+        .then((body) => resolve({ error: fromWire(body, status), refused: true }))
+        .catch(() => resolve({ error: new ZtmError(ErrorCodes.TARGET_UNREACHABLE, `exit answered ${status}`), refused: true }));
     });
   });
 }
