@@ -142,6 +142,49 @@ t.test('an exit that refuses: the hub tries the next, and the bytes the client s
   t.equal(working?.stats.total, 4, 'the working exit carried all four');
 });
 
+t.test('an exit that goes without answering may have passed the first bytes on: the hub does not send them to another', async (t) => {
+  // The hub sends an exit a connection's first bytes before it answers (see
+  // above). An exit that refuses passed nothing on; one that vanishes before
+  // answering may have (the answer can be lost after its target got them), so
+  // sending them to the next exit could deliver a request twice. The first
+  // exit here is frozen, then killed, with the bytes on their way to it.
+  const m = await startMesh(t, ['entry', 'vanishing', 'working']);
+  let reached = 0;
+  const echo = await tcpServer(t, (s) => {
+    reached++;
+    s.pipe(s);
+  });
+  const echo2 = await echoServer(t);
+  const port = await freePort();
+  await tunnelOpen(m.agents.vanishing!, ['outbound', 'tcp/once', '--target', `127.0.0.1:${echo2.port}`]);
+  await tunnelOpen(m.agents.working!, ['outbound', 'tcp/once', '--target', `127.0.0.1:${echo.port}`]);
+  await tunnelOpen(m.agents.entry!, ['inbound', 'tcp/once', '--listen', `127.0.0.1:${port}`, '--exit', 'vanishing', 'working']);
+  const vanishing = m.agents.vanishing!.daemon;
+  vanishing.child.kill('SIGSTOP');
+  const c = await connect(port);
+  let back = 0;
+  c.on('data', (d: Buffer) => {
+    back += d.length;
+  });
+  const closed = new Promise((r) => c.once('close', r));
+  c.on('error', () => {});
+  c.write('a request that must not arrive twice\n');
+  await new Promise((r) => setTimeout(r, 1_000)); // the bytes reach the hub and go on to the frozen exit
+  await vanishing.stop('SIGKILL');
+  await m.hub.daemon.waitLog((l) => l.msg === 'exit did not answer; not retrying' && l.exit === 'vanishing', 10_000).catch(() => {});
+  t.ok(await Promise.race([closed.then(() => true), new Promise((r) => setTimeout(() => r(false), 5_000))]), 'the client connection failed');
+  c.destroy();
+  t.equal(back, 0, 'the client got nothing back');
+  t.equal(reached, 0, 'the working exit never saw the request');
+  t.equal(m.hub.daemon.logs().filter((l) => l.msg === 'exit did not answer; not retrying').length, 1, 'the hub said why it did not try the next');
+  // With the vanished exit gone the next connection goes to the working one.
+  const c2 = await connect(port);
+  const reply2 = readAll(c2);
+  c2.end('hello\n');
+  t.equal((await reply2).toString(), 'hello\n', 'a new connection goes through the working exit');
+  t.equal(reached, 1, 'once');
+});
+
 t.test('allow-lists are checked by the hub with certificate identities', async (t) => {
   const m = await startMesh(t, ['friend', 'stranger', 'exit']);
   const echo = await echoServer(t);
