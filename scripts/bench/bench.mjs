@@ -132,15 +132,17 @@ const median = (xs) => {
 };
 const round = (x, d) => (x == null ? null : Math.round(x * 10 ** d) / 10 ** d);
 
-/** The order of the paths in repeat `k`: rotated by k, and reversed on odd
- * repeats. Rotation alone keeps every path after the same neighbour, and a
- * path run right after another relay measured faster than before it (the
+/** The order of the paths in repeat `k`: rotated by ⌊k/2⌋, and reversed on
+ * odd repeats. Rotation alone keeps every path after the same neighbour, and
+ * a path run right after another relay measured faster than before it (the
  * same tree as `ztm` and as `base`, 11-27 02:00–02:20: the one second was
  * 8–17 % faster on one stream whichever tree it was); reversing puts each
- * pair in both orders, equally often over an even number of repeats. */
+ * pair in both orders, equally often over an even number of repeats. (Rotated
+ * by k, a reversal undid the rotation of two paths: `--scenarios ztm
+ * --baseline` ran `ztm` first every time, 11-27 05:00.) */
 function rotate(list, k) {
   const n = list.length;
-  const rotated = list.map((_, i) => list[(i + k) % n]);
+  const rotated = list.map((_, i) => list[(i + Math.floor(k / 2)) % n]);
   return k % 2 ? rotated.reverse() : rotated;
 }
 
