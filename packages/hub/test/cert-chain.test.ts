@@ -16,7 +16,7 @@ const other = new CertificateAuthority('other', await createCa('other'));
 const server = await ca.issueServerCertificate(['127.0.0.1']);
 const keys = await generateKeyPair();
 const csrPem = (await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=alpha', keys, signingAlgorithm: EC_ALG })).toString('pem');
-const agent = await ca.issueEndpointCertificate((await ca.checkCsr(csrPem)).csr, 'alpha', 'alice', 86_400_000, null);
+const agent = await ca.issueEndpointCertificate(await ca.checkCsr(csrPem), 'alpha', 'alice', 86_400_000, null);
 const agentKey = await exportPrivateKeyPem(keys.privateKey);
 
 t.test('leaf first, then the CA that issued it', async (t) => {

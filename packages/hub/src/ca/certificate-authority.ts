@@ -216,9 +216,8 @@ export class CertificateAuthority {
   }
 
   /** Parse and verify a CSR; returns its key and the key's SPKI hash. */
-  async checkCsr(csrPem: string): Promise<{ csr: CheckedCsr; spkiSha256: string }> {
-    const csr = parseCsr(csrPem);
-    return { csr, spkiSha256: csr.spkiSha256 };
+  async checkCsr(csrPem: string): Promise<CheckedCsr> {
+    return parseCsr(csrPem);
   }
 
   /** Issue an endpoint's client certificate. Identity (CN, SAN URI) comes from

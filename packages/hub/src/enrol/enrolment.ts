@@ -36,7 +36,8 @@ export async function enrol(deps: EnrolDeps, permitRaw: unknown, csrPem: string,
   checkPermitExpiry(permit, now);
   if (row.expires_at <= now) throw new ZtmError(ErrorCodes.PERMIT_EXPIRED, 'permit expired: ask the hub operator for a new one');
 
-  const { csr, spkiSha256 } = await deps.ca.checkCsr(csrPem);
+  const csr = await deps.ca.checkCsr(csrPem);
+  const { spkiSha256 } = csr;
   const existing = deps.registry.getEndpoint(permit.endpoint);
   if (existing && existing.revoked_at === null && existing.spki_sha256 !== spkiSha256) {
     throw new ZtmError(
@@ -71,8 +72,8 @@ export async function renew(deps: EnrolDeps, endpoint: string, csrPem: string): 
   const now = deps.now?.() ?? Date.now();
   const ep = deps.registry.getEndpoint(endpoint);
   if (!ep || ep.revoked_at !== null) throw new ZtmError(ErrorCodes.REVOKED, `endpoint ${endpoint} is revoked`);
-  const { csr, spkiSha256 } = await deps.ca.checkCsr(csrPem);
-  if (spkiSha256 !== ep.spki_sha256) {
+  const csr = await deps.ca.checkCsr(csrPem);
+  if (csr.spkiSha256 !== ep.spki_sha256) {
     throw new ZtmError(ErrorCodes.FORBIDDEN, 'renewal must keep the enrolled key; enrol again with a new permit to change keys');
   }
   const cert = await deps.ca.issueEndpointCertificate(csr, endpoint, ep.user, deps.certLifetimeMs, ep.cluster);

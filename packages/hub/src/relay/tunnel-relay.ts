@@ -98,7 +98,6 @@ export async function relayConnection(
       const meter = deps.stats.opened(key);
       const sentEarly = kept.reduce((n, c) => n + c.length, 0);
       meter.bytesIn += sentEarly;
-      kept = [];
       inbound.respond({ ':status': 200 });
       splice(
         { stream: inbound, reset: () => inbound.close(h2.NGHTTP2_CANCEL) },
