@@ -5,7 +5,9 @@
  * - Backpressure: a source is paused while its destination is full, so
  *   nothing is buffered beyond the destination's high-water mark
  *   (`DATA_HIGH_WATER_MARK_BYTES`, set here on HTTP/2 streams too, whose
- *   constructor takes none) and the HTTP/2 flow-control windows.
+ *   constructor takes none) and the HTTP/2 flow-control windows. Past 16
+ *   connections with full destinations in one process, each takes a share of
+ *   `SPLICE_BUFFER_BUDGET_BYTES` instead (`dataHighWaterMark`).
  * - Write batching (`batchWrites`): a chunk of bulk size corks the destination
  *   and a `setImmediate` uncorks it, so the chunks that arrive in the rest of
  *   that event-loop turn leave in one writev instead of one write(2) each
@@ -24,7 +26,7 @@
  */
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { DATA_HIGH_WATER_MARK_BYTES } from './limits.js';
+import { DATA_HIGH_WATER_MARK_BYTES, MIN_DATA_HIGH_WATER_MARK_BYTES, SPLICE_BUFFER_BUDGET_BYTES } from './limits.js';
 
 export type SpliceEnd = 'done' | 'reset';
 
@@ -64,13 +66,37 @@ interface StreamState {
   highWaterMark: number;
 }
 
-/** Raise a stream's buffer high-water marks to the data path's: node:http2
+/** Directions of relayed connections in this process whose destination is
+ * full. Each holds up to about four high-water marks: what its source read
+ * ahead, what its destination has queued, and the write in flight before
+ * that (with `batchWrites`, a turn's chunks in one). Directions that flow
+ * hold little. */
+let backlogged = 0;
+
+/** The high-water mark a relayed connection's buffers get now: the data
+ * path's (≈ 1 MiB moves bigger writes per syscall), or, with more directions
+ * backlogged than that fits in `SPLICE_BUFFER_BUDGET_BYTES`, their share of
+ * it. Only backlogged ones count: idle connections beside one transfer do not
+ * shrink its buffers. */
+export function dataHighWaterMark(): number {
+  const share = Math.floor(SPLICE_BUFFER_BUDGET_BYTES / (4 * Math.max(1, backlogged)));
+  return Math.max(MIN_DATA_HIGH_WATER_MARK_BYTES, Math.min(DATA_HIGH_WATER_MARK_BYTES, share));
+}
+
+/** Directions backlogged now (see above; for tests and status). */
+export function backloggedDirections(): number {
+  return backlogged;
+}
+
+/** Set a stream's buffer high-water marks to the data path's: node:http2
  * creates its streams with the 16 KiB default, which pauses the source after
- * every DATA frame. */
-export function tuneDataStream(s: Duplex): void {
+ * every DATA frame; sockets are made with the largest. Set again each time a
+ * splice pauses its source, so a connection opened when few were takes its
+ * share once many are. */
+export function tuneDataStream(s: Duplex, hwm = dataHighWaterMark()): void {
   const st = s as Duplex & { _readableState?: StreamState; _writableState?: StreamState };
-  if (st._readableState && st._readableState.highWaterMark < DATA_HIGH_WATER_MARK_BYTES) st._readableState.highWaterMark = DATA_HIGH_WATER_MARK_BYTES;
-  if (st._writableState && st._writableState.highWaterMark < DATA_HIGH_WATER_MARK_BYTES) st._writableState.highWaterMark = DATA_HIGH_WATER_MARK_BYTES;
+  if (st._readableState) st._readableState.highWaterMark = hwm;
+  if (st._writableState) st._writableState.highWaterMark = hwm;
 }
 
 /** Whether an 'end' is not the peer's end of data. node:http2 pushes EOF on a
@@ -127,13 +153,23 @@ export const BULK_CHUNK_BYTES = 1024;
  * connection the peer half-closed, and fails (EPIPE) on one it reset. The
  * write queues behind what is still being written to the socket, so the end
  * goes on once that has left. */
-function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => void, abort: (why: string) => void): void {
+function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => void, abort: (why: string) => void): () => void {
   let corked = false;
   const uncork = () => {
     corked = false;
     dst.uncork();
   };
-  const onDrain = () => src.resume();
+  // Paused for a full destination, and so counted in `backlogged`.
+  let waiting = false;
+  const settle = () => {
+    if (!waiting) return;
+    waiting = false;
+    backlogged--;
+  };
+  const onDrain = () => {
+    settle();
+    src.resume();
+  };
   src.on('data', (c: Buffer) => {
     count(c.length);
     if (batch && !corked && c.length >= BULK_CHUNK_BYTES) {
@@ -141,10 +177,21 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
       dst.cork();
       setImmediate(uncork);
     }
-    if (!dst.write(c)) src.pause();
+    if (!dst.write(c)) {
+      src.pause();
+      if (!waiting) {
+        waiting = true;
+        backlogged++;
+      }
+      // This connection's share, now: what it reads ahead and queues next.
+      const hwm = dataHighWaterMark();
+      tuneDataStream(src, hwm);
+      tuneDataStream(dst, hwm);
+    }
   });
   dst.on('drain', onDrain);
   const onEnd = () => {
+    settle();
     dst.off('drain', onDrain);
     if (endedAbnormally(src)) return abort('destroyed before its end');
     const passOn = () => {
@@ -158,6 +205,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   if (src.readableEnded) process.nextTick(onEnd);
   else src.once('end', onEnd);
   if (src.isPaused()) src.resume();
+  return settle;
 }
 
 /** An early pump: copies `src` to `dst` before the two are spliced, with
@@ -219,9 +267,11 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
   let bToA = 0;
   let over = false;
 
+  const settle: Array<() => void> = [];
   const finish = (end: SpliceEnd, reason: string) => {
     if (over) return;
     over = true;
+    for (const f of settle) f();
     if (end === 'reset') {
       a.stream.pause();
       b.stream.pause();
@@ -265,25 +315,27 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
   tuneDataStream(b.stream);
   // The pumps' 'end' listeners go first: one that sees a destroyed stream must
   // decide (reset) before the done-check runs.
-  pump(
-    a.stream,
-    b.stream,
-    batch,
-    (n) => {
-      aToB += n;
-      m.bytesIn += n;
-    },
-    (why) => finish('reset', `a: ${why}`),
-  );
-  pump(
-    b.stream,
-    a.stream,
-    batch,
-    (n) => {
-      bToA += n;
-      m.bytesOut += n;
-    },
-    (why) => finish('reset', `b: ${why}`),
+  settle.push(
+    pump(
+      a.stream,
+      b.stream,
+      batch,
+      (n) => {
+        aToB += n;
+        m.bytesIn += n;
+      },
+      (why) => finish('reset', `a: ${why}`),
+    ),
+    pump(
+      b.stream,
+      a.stream,
+      batch,
+      (n) => {
+        bToA += n;
+        m.bytesOut += n;
+      },
+      (why) => finish('reset', `b: ${why}`),
+    ),
   );
   watch(a, 'a');
   watch(b, 'b');

@@ -8,7 +8,17 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import t from 'tap';
-import { BULK_CHUNK_BYTES, DATA_HIGH_WATER_MARK_BYTES, type SpliceResult, splice, tuneDataStream } from '@ztm/proto';
+import {
+  BULK_CHUNK_BYTES,
+  DATA_HIGH_WATER_MARK_BYTES,
+  MIN_DATA_HIGH_WATER_MARK_BYTES,
+  SPLICE_BUFFER_BUDGET_BYTES,
+  type SpliceResult,
+  backloggedDirections,
+  dataHighWaterMark,
+  splice,
+  tuneDataStream,
+} from '@ztm/proto';
 import { finCheck } from '../../../test/helpers/servers.js';
 
 /** A TCP pair on loopback: [client end, server end]. */
@@ -97,6 +107,78 @@ t.test('a destination that is not read pauses the source (bounded buffering)', a
   client.destroy();
   far.destroy();
   await done;
+});
+
+/** A source that offers 64 KiB as fast as it is read and a destination whose
+ * writes never complete (a reader that stopped), spliced; `src` is a: its
+ * bytes go a → b. */
+function stuckSplice(done: Promise<unknown>[]) {
+  const chunk = Buffer.alloc(64 * 1024);
+  const src = new Duplex({
+    read() {
+      this.push(chunk);
+    },
+    write(_c, _e, cb) {
+      cb();
+    },
+  });
+  const dst = new Duplex({ read() {}, write() {} });
+  done.push(new Promise((resolve) => splice({ stream: src, reset: () => src.destroy() }, { stream: dst, reset: () => dst.destroy() }, resolve)));
+  return { src, dst };
+}
+
+const held = (pairs: { src: Duplex; dst: Duplex }[]) => pairs.reduce((n, p) => n + p.src.readableLength + p.dst.writableLength, 0);
+
+t.test('many connections whose readers stopped share one buffer budget; idle ones do not count', async (t) => {
+  const MiB = 1024 * 1024;
+  t.equal(backloggedDirections(), 0, 'nothing backlogged to begin with');
+  t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES);
+  // Idle connections beside a transfer do not shrink its buffers.
+  const idle: Promise<SpliceResult>[] = [];
+  const idlePairs: net.Socket[] = [];
+  for (let i = 0; i < 40; i++) {
+    const [x, y] = await socketPair();
+    const [u, v] = await socketPair();
+    idlePairs.push(x, y, u, v);
+    idle.push(new Promise((r) => splice({ stream: y, reset: () => y.destroy() }, { stream: u, reset: () => u.destroy() }, r)));
+  }
+  t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES, '40 idle connections: the full high-water mark');
+  const one: Promise<unknown>[] = [];
+  const first = [stuckSplice(one)];
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(backloggedDirections(), 1);
+  t.ok(
+    held(first) >= 2 * DATA_HIGH_WATER_MARK_BYTES - 64 * 1024,
+    `one stuck connection keeps the full read-ahead and queue (${(held(first) / MiB).toFixed(2)} MiB)`,
+  );
+
+  // 128 more: with the full 1 MiB marks each would hold ≈ 2 MiB (256 MiB).
+  const done: Promise<unknown>[] = [];
+  const pairs = [];
+  for (let i = 0; i < 128; i++) {
+    pairs.push(stuckSplice(done));
+    await new Promise((r) => setImmediate(r));
+  }
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(backloggedDirections(), 129, 'every stuck direction is counted, idle ones are not');
+  t.equal(dataHighWaterMark(), Math.max(MIN_DATA_HIGH_WATER_MARK_BYTES, Math.floor(SPLICE_BUFFER_BUDGET_BYTES / (4 * 129))));
+  const total = held(pairs) + held(first);
+  // Each direction keeps the share it had when it stopped: the budget while
+  // few are stuck, then less and less (≈ budget × (1 + ln(n / 16)) / 2).
+  t.ok(total < 2 * SPLICE_BUFFER_BUDGET_BYTES, `129 stuck connections hold ${(total / MiB).toFixed(1)} MiB (without the budget ≈ 258)`);
+  // A share is what the source reads ahead and the destination queues, each
+  // past its mark by a chunk or two (read-ahead while flowing).
+  const lastMost = Math.max(...pairs.slice(-16).map((p) => p.src.readableLength + p.dst.writableLength));
+  t.ok(lastMost <= 2 * (dataHighWaterMark() + 128 * 1024), `the last ones hold their small share (at most ${(lastMost / 1024).toFixed(0)} KiB)`);
+  for (const p of [...pairs, ...first]) {
+    p.src.destroy();
+    p.dst.destroy();
+  }
+  await Promise.all([...done, ...one]);
+  t.equal(backloggedDirections(), 0, 'finished splices give their share back');
+  t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES);
+  for (const s of idlePairs) s.destroy();
+  await Promise.all(idle);
 });
 
 t.test('HTTP/2 streams get the data high-water marks', async (t) => {

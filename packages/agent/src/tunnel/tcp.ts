@@ -18,6 +18,7 @@ import {
   earlyPump,
   respondError,
   splice,
+  tuneDataStream,
   tunnelPath,
 } from '@ztm/proto';
 import type { Logger } from '../log.js';
@@ -57,6 +58,8 @@ function listenOn(server: net.Server, key: string, at: HostPort): Promise<net.Se
 
 function onInboundSocket(end: InboundEnd, socket: net.Socket, client: HubClient, stats: EndStats, log: Logger): void {
   socket.on('error', () => {});
+  // Its read-ahead while the hub finds an exit: this connection's share.
+  tuneDataStream(socket);
   let stream: ClientHttp2Stream;
   try {
     stream = client.openStream({ ':path': tunnelPath(end.id), ...(end.exits.length ? { [Headers.exits]: end.exits.join(',') } : {}) });
