@@ -82,6 +82,8 @@ const cfg = quick
       connSeconds: 1.5,
       latCount: 2000,
       pushSeconds: 5,
+      pushConnections: 64,
+      pushManySeconds: 3,
       idleSeconds: 20,
       reverseCount: 1000,
       cleanBase: true,
@@ -263,6 +265,23 @@ async function main() {
       log(`${p.name} push: ${err.message}`);
     }
   }
+  // The same with 64 connections at once: what a process holds per connection
+  // when many back up (the path itself is then the slow part). Run after the
+  // one-connection push, so it counts growth beyond that one's peak.
+  for (const p of paths) {
+    if (Object.keys(p.roles).length === 0 || !(cfg.pushConnections > 1)) continue;
+    try {
+      const m = await pushMemory(rr, p.ports.sink, p.roles, { seconds: cfg.pushManySeconds, connections: cfg.pushConnections });
+      const worst = Math.max(...Object.values(m.growthMiB));
+      add(p.name, 'pushManyRssGrowthMiB', worst);
+      for (const [role, g] of Object.entries(m.growthMiB)) add(p.name, `pushManyRssGrowthMiB_${role}`, g);
+      log(
+        `${p.name.padEnd(9)} push on ${cfg.pushConnections} connections: accepted ${m.acceptedMiB.toFixed(0)} MiB (ended: ${m.end}), worst RSS growth ${worst.toFixed(1)} MiB`,
+      );
+    } catch (err) {
+      log(`${p.name} push on ${cfg.pushConnections}: ${err.message}`);
+    }
+  }
   // The ztm path's mesh stays up for the hub-scale phase; the rest go.
   const ztmPath = paths.find((p) => p.name === 'ztm');
   for (const p of paths) if (p !== ztmPath) await p.stop();
@@ -431,6 +450,7 @@ function printTable(res) {
     ['cpuSecPerGB_relay', 'relay'],
     ['cpuSecPerGB_exit', 'exit'],
     ['pushRssGrowthMiB', 'push ΔRSS MiB'],
+    ['pushManyRssGrowthMiB', 'push×64 ΔRSS MiB'],
   ];
   const rows = [['scenario', ...cols.map((c) => c[1])]];
   const notes = [];

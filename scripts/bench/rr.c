@@ -5,7 +5,7 @@
  *   rr sink PORT BYTES_PER_SEC        slow reader: reads each connection at this rate
  *   rr lat  PORT COUNT SIZE WARMUP    COUNT sequential SIZE-byte round trips on one connection
  *   rr conn PORT PAR MAXCONNS MAXSEC  open, one 64-byte round trip, close; PAR in parallel
- *   rr push PORT SECONDS MAXBYTES     write as fast as the path takes it
+ *   rr push PORT SECONDS MAXBYTES [PAR]  write as fast as the path takes it (PAR connections, MAXBYTES each)
  *
  * Clients print one JSON line. Every loop is bounded in count and time.
  * Written in C so that the load generator costs the 2-core machine as little as
@@ -258,40 +258,67 @@ static int conn_client(int port, int par, long maxconns, double maxsec) {
 }
 
 /* ---- push client ---- */
-static int push_client(int port, double seconds, long maxbytes) {
-  if (seconds <= 0 || seconds > 120) return 2;
-  int fd = dial(port);
+static char push_buf[262144];
+
+struct push_job {
+  int port;
+  double seconds;
+  long maxbytes;
+  long total;
+  const char *why;
+};
+
+static void *push_one(void *arg) {
+  struct push_job *j = arg;
+  j->total = 0;
+  j->why = "time";
+  int fd = dial(j->port);
   if (fd < 0) {
-    printf("{\"error\":\"connect: %s\"}\n", strerror(errno));
-    return 1;
+    j->why = "connect failed";
+    return NULL;
   }
   struct timeval tv = {0, 200000};
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  static char buf[262144];
-  memset(buf, 'p', sizeof buf);
-  double t0 = now_s(), end = t0 + seconds;
-  long total = 0;
-  const char *why = "time";
+  double end = now_s() + j->seconds;
   while (now_s() < end) {
-    if (total >= maxbytes) {
-      why = "max";
+    if (j->total >= j->maxbytes) {
+      j->why = "max";
       break;
     }
-    ssize_t w = write(fd, buf, sizeof buf);
+    ssize_t w = write(fd, push_buf, sizeof push_buf);
     if (w < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (w <= 0) {
-      why = w < 0 ? strerror(errno) : "closed";
+      j->why = w < 0 ? "write failed" : "closed";
       break;
     }
-    total += w;
+    j->total += w;
   }
-  double el = now_s() - t0;
-  printf("{\"bytes\":%ld,\"seconds\":%.3f,\"end\":\"%s\"}\n", total, el, why);
   /* RST rather than a drain: the measurement is over. */
   struct linger lg = {1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   close(fd);
-  return 0;
+  return NULL;
+}
+
+static int push_client(int port, double seconds, long maxbytes, int par) {
+  if (seconds <= 0 || seconds > 120 || par < 1 || par > 256) return 2;
+  struct push_job jobs[256];
+  pthread_t th[256];
+  memset(push_buf, 'p', sizeof push_buf);
+  double t0 = now_s();
+  for (int i = 0; i < par; i++) {
+    jobs[i] = (struct push_job){port, seconds, maxbytes, 0, "time"};
+    pthread_create(&th[i], NULL, push_one, &jobs[i]);
+  }
+  long total = 0;
+  const char *why = "time";
+  for (int i = 0; i < par; i++) {
+    pthread_join(th[i], NULL);
+    total += jobs[i].total;
+    if (strcmp(jobs[i].why, "time")) why = jobs[i].why;
+  }
+  printf("{\"bytes\":%ld,\"seconds\":%.3f,\"end\":\"%s\",\"connections\":%d}\n", total, now_s() - t0, why, par);
+  return !strcmp(why, "connect failed");
 }
 
 int main(int argc, char **argv) {
@@ -300,7 +327,7 @@ int main(int argc, char **argv) {
   if (argc >= 4 && !strcmp(argv[1], "sink")) return sink_server(atoi(argv[2]), atol(argv[3]));
   if (argc >= 6 && !strcmp(argv[1], "lat")) return lat_client(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   if (argc >= 6 && !strcmp(argv[1], "conn")) return conn_client(atoi(argv[2]), atoi(argv[3]), atol(argv[4]), atof(argv[5]));
-  if (argc >= 5 && !strcmp(argv[1], "push")) return push_client(atoi(argv[2]), atof(argv[3]), atol(argv[4]));
-  fprintf(stderr, "usage: rr echo PORT | sink PORT BPS | lat PORT COUNT SIZE WARMUP | conn PORT PAR MAX SECS | push PORT SECS MAXBYTES\n");
+  if (argc >= 5 && !strcmp(argv[1], "push")) return push_client(atoi(argv[2]), atof(argv[3]), atol(argv[4]), argc >= 6 ? atoi(argv[5]) : 1);
+  fprintf(stderr, "usage: rr echo PORT | sink PORT BPS | lat PORT COUNT SIZE WARMUP | conn PORT PAR MAX SECS | push PORT SECS MAXBYTES [PAR]\n");
   return 2;
 }

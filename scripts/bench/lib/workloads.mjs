@@ -37,9 +37,10 @@ export async function connRate(rr, port, { parallel = 16, max = 20_000, seconds 
   return j;
 }
 
-/** Push as fast as the path accepts into the slow sink for `seconds`, sampling
- * each role's RSS every 100 ms. Growth = peak − before (MiB). */
-export async function pushMemory(rr, port, roles, { seconds = 5 } = {}) {
+/** Push as fast as the path accepts into the slow sink for `seconds` on
+ * `connections` connections at once, sampling each role's RSS every 100 ms.
+ * Growth = peak − before (MiB). */
+export async function pushMemory(rr, port, roles, { seconds = 5, connections = 1 } = {}) {
   const before = {};
   const peak = {};
   for (const [role, pid] of Object.entries(roles)) {
@@ -55,7 +56,9 @@ export async function pushMemory(rr, port, roles, { seconds = 5 } = {}) {
   })();
   let out;
   try {
-    out = JSON.parse(await runCmd(rr, ['push', String(port), String(seconds), String(1024 * 1024 * 1024)], { timeoutMs: (seconds + 30) * 1000 }));
+    out = JSON.parse(
+      await runCmd(rr, ['push', String(port), String(seconds), String(1024 * 1024 * 1024), String(connections)], { timeoutMs: (seconds + 30) * 1000 }),
+    );
   } finally {
     // Keep sampling a little after the push: buffers drain or grow after it.
     await sleep(500);
