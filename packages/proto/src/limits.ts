@@ -31,12 +31,13 @@ export const HTTP2_MAX_HEADER_LIST_BYTES = 16 * 1024;
 export const DATA_HIGH_WATER_MARK_BYTES = 1024 * 1024;
 
 /** What the relayed connections of one process may hold in their buffers
- * together when their destinations are full (splice.ts): up to 16 such get
- * `DATA_HIGH_WATER_MARK_BYTES` each, more share this, down to
- * `MIN_DATA_HIGH_WATER_MARK_BYTES`. Without it 64 connections pushing
- * through the mesh held 2.3 MiB of buffers each in the entrance (+206 MiB
- * RSS). */
-export const SPLICE_BUFFER_BUDGET_BYTES = 64 * 1024 * 1024;
+ * together when their destinations are full (splice.ts): up to 8 such
+ * directions (iperf3 -P 8) get `DATA_HIGH_WATER_MARK_BYTES` each, more share
+ * this, down to `MIN_DATA_HIGH_WATER_MARK_BYTES`. Without it 64 connections
+ * pushing through the mesh grew the entrance by 215 MiB, 128 by 370; with
+ * it by 116 and 124 (the rest is what 64 connections cost anyway: the hub
+ * and the exit grew by 44–51 MiB in the same runs). */
+export const SPLICE_BUFFER_BUDGET_BYTES = 32 * 1024 * 1024;
 /** The smallest high-water mark a relayed connection gets: one socket read
  * (past 256 connections each holds at most 256 KiB). */
 export const MIN_DATA_HIGH_WATER_MARK_BYTES = 64 * 1024;

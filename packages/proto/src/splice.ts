@@ -5,8 +5,8 @@
  * - Backpressure: a source is paused while its destination is full, so
  *   nothing is buffered beyond the destination's high-water mark
  *   (`DATA_HIGH_WATER_MARK_BYTES`, set here on HTTP/2 streams too, whose
- *   constructor takes none) and the HTTP/2 flow-control windows. Past 16
- *   connections with full destinations in one process, each takes a share of
+ *   constructor takes none) and the HTTP/2 flow-control windows. Past 8
+ *   directions with full destinations in one process, each takes a share of
  *   `SPLICE_BUFFER_BUDGET_BYTES` instead (`dataHighWaterMark`).
  * - Write batching (`batchWrites`): a chunk of bulk size corks the destination
  *   and a `setImmediate` uncorks it, so the chunks that arrive in the rest of

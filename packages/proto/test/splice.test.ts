@@ -164,8 +164,9 @@ t.test('many connections whose readers stopped share one buffer budget; idle one
   t.equal(dataHighWaterMark(), Math.max(MIN_DATA_HIGH_WATER_MARK_BYTES, Math.floor(SPLICE_BUFFER_BUDGET_BYTES / (4 * 129))));
   const total = held(pairs) + held(first);
   // Each direction keeps the share it had when it stopped: the budget while
-  // few are stuck, then less and less (≈ budget × (1 + ln(n / 16)) / 2).
-  t.ok(total < 2 * SPLICE_BUFFER_BUDGET_BYTES, `129 stuck connections hold ${(total / MiB).toFixed(1)} MiB (without the budget ≈ 258)`);
+  // few are stuck, then less and less (≈ budget × (1 + ln(n / 8)) / 2, plus a
+  // chunk or two each).
+  t.ok(total < 100 * MiB, `129 stuck connections hold ${(total / MiB).toFixed(1)} MiB (without the budget ≈ 258)`);
   // A share is what the source reads ahead and the destination queues, each
   // past its mark by a chunk or two (read-ahead while flowing).
   const lastMost = Math.max(...pairs.slice(-16).map((p) => p.src.readableLength + p.dst.writableLength));
