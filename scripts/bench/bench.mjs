@@ -83,7 +83,7 @@ const cfg = quick
       latCount: 2000,
       pushSeconds: 5,
       pushConnections: 64,
-      pushManySeconds: 3,
+      pushManySeconds: 2,
       idleSeconds: 20,
       reverseCount: 1000,
       cleanBase: true,

@@ -39,7 +39,7 @@ export const DATA_HIGH_WATER_MARK_BYTES = 1024 * 1024;
  * and the exit grew by 44–51 MiB in the same runs). */
 export const SPLICE_BUFFER_BUDGET_BYTES = 32 * 1024 * 1024;
 /** The smallest high-water mark a relayed connection gets: one socket read
- * (past 256 connections each holds at most 256 KiB). */
+ * (from 128 backlogged directions on, each holds about 256 KiB). */
 export const MIN_DATA_HIGH_WATER_MARK_BYTES = 64 * 1024;
 
 /** What the hub sends an exit of a tunnel's first bytes before the exit has
