@@ -1,9 +1,12 @@
 /**
  * Slow reader: 1 GiB pushed at a reader that reads slowly. Every process's
  * memory stays bounded; then the reader speeds up and every byte arrives.
+ * Many connections into a reader that stopped: the agents' and the hub's
+ * backed-up directions share one buffer budget, and give it back.
  */
+import type * as net from 'node:net';
 import t from 'tap';
-import { freePort } from './helpers/index.js';
+import { freePort, waitFor } from './helpers/index.js';
 import { openTunnel, startMesh } from './helpers/tunnels.js';
 import { connect, pseudoRandom, rssBytes, tcpServer, writeAll } from './helpers/servers.js';
 
@@ -60,4 +63,64 @@ t.test('1 GiB into a slow reader keeps memory bounded', async (t) => {
     const growth = (peak[k] as number) - (base[k] as number);
     t.ok(growth < 100 * 1024 * 1024, `${k} peak growth ${(growth / 2 ** 20).toFixed(1)} MiB over the whole transfer (< 100 MiB)`);
   }
+});
+
+t.test('many connections into a stopped reader share the buffer budget, and give it back', async (t) => {
+  const exitMetrics = await freePort();
+  const hubMetrics = await freePort();
+  const m = await startMesh(t, ['entry', 'exit'], { serveArgs: ['--metrics', `127.0.0.1:${hubMetrics}`] });
+  await m.agents.exit!.restart(['--metrics', `127.0.0.1:${exitMetrics}`]);
+  const stopped: net.Socket[] = [];
+  const reader = await tcpServer(t, (s) => {
+    s.pause();
+    stopped.push(s);
+  });
+  const port = await freePort();
+  await openTunnel(m, 'entry', 'exit', 'tcp/stuck', reader.port, port);
+  const gauge = async (at: number, name: string) => {
+    const text = await (await fetch(`http://127.0.0.1:${at}/metrics`)).text();
+    const v = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+    return v ? Number(v[1]) : Number.NaN;
+  };
+  t.equal(await gauge(exitMetrics, 'ztm_agent_relay_backlogged_directions'), 0, 'nothing backed up to begin with');
+  t.equal(await gauge(exitMetrics, 'ztm_agent_relay_buffer_mark_bytes'), 1024 * 1024, 'the full mark');
+
+  // 20 clients write until the tunnel stops taking (at most 64 MiB each).
+  const CLIENTS = 20;
+  const chunk = Buffer.alloc(1024 * 1024, 0x61);
+  const clients: net.Socket[] = [];
+  for (let i = 0; i < CLIENTS; i++) {
+    const c = await connect(port);
+    c.on('error', () => {});
+    clients.push(c);
+    let sent = 0;
+    const more = () => {
+      while (sent < 64 * 1024 * 1024 && !c.destroyed) {
+        sent += chunk.length;
+        if (!c.write(chunk)) return void c.once('drain', more);
+      }
+    };
+    more();
+  }
+  // The exit's side to the reader backs up first, one direction per connection.
+  const backlogged = await waitFor(
+    async () => {
+      const n = await gauge(exitMetrics, 'ztm_agent_relay_backlogged_directions');
+      return n >= CLIENTS ? n : 0;
+    },
+    { timeoutMs: 60_000, what: 'every connection backed up at the exit' },
+  );
+  t.equal(backlogged, CLIENTS, 'the exit counts each backed-up connection once');
+  const mark = await gauge(exitMetrics, 'ztm_agent_relay_buffer_mark_bytes');
+  t.equal(mark, Math.floor((32 * 1024 * 1024) / (4 * CLIENTS)), `they share the 32 MiB budget: ${(mark / 1024).toFixed(0)} KiB each`);
+  t.ok((await gauge(hubMetrics, 'ztm_hub_relay_backlogged_directions')) >= 0, 'the hub exports its count');
+
+  for (const c of clients) c.destroy();
+  for (const s of stopped) s.destroy();
+  await waitFor(async () => (await gauge(exitMetrics, 'ztm_agent_relay_backlogged_directions')) === 0, {
+    timeoutMs: 30_000,
+    what: 'the exit gave the budget back',
+  });
+  t.equal(await gauge(exitMetrics, 'ztm_agent_relay_buffer_mark_bytes'), 1024 * 1024, 'the full mark again');
+  await waitFor(async () => (await gauge(hubMetrics, 'ztm_hub_relay_backlogged_directions')) === 0, { timeoutMs: 30_000, what: 'the hub gave its back' });
 });

@@ -2,6 +2,7 @@
  * The agent's Prometheus metrics (prom-client, one registry per agent), read
  * from live state at scrape time: nothing is added to the data path.
  */
+import { backloggedDirections, dataHighWaterMark } from '@ztm/proto';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FileSync } from '../files/file-sync.js';
 import type { HubClient } from '../session/hub-client.js';
@@ -39,6 +40,22 @@ export class AgentMetrics {
       collect() {
         this.reset();
         this.inc(client.snapshot().readResumes);
+      },
+    });
+    new Gauge({
+      name: 'ztm_agent_relay_backlogged_directions',
+      help: 'Directions of tunnelled connections waiting on a full destination now; past 8 they share one buffer budget',
+      registers,
+      collect() {
+        this.set(backloggedDirections());
+      },
+    });
+    new Gauge({
+      name: 'ztm_agent_relay_buffer_mark_bytes',
+      help: 'High-water mark a backed-up connection gets now (1 MiB, less when many back up)',
+      registers,
+      collect() {
+        this.set(dataHighWaterMark());
       },
     });
     new Gauge({

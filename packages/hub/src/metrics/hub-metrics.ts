@@ -4,6 +4,7 @@
  * control messages: never per data chunk); gauges and relay totals are read
  * from the live state at scrape time.
  */
+import { backloggedDirections, dataHighWaterMark } from '@ztm/proto';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RelayStats } from '../relay/relay-stats.js';
 import type { SessionManager } from '../session/session-manager.js';
@@ -67,6 +68,22 @@ export class HubMetrics {
       registers,
       collect() {
         this.set(sessions.size);
+      },
+    });
+    new Gauge({
+      name: 'ztm_hub_relay_backlogged_directions',
+      help: 'Directions of relayed streams waiting on a full destination now; past 8 they share one buffer budget',
+      registers,
+      collect() {
+        this.set(backloggedDirections());
+      },
+    });
+    new Gauge({
+      name: 'ztm_hub_relay_buffer_mark_bytes',
+      help: 'High-water mark a backed-up stream gets now (1 MiB, less when many back up)',
+      registers,
+      collect() {
+        this.set(dataHighWaterMark());
       },
     });
     new Gauge({
