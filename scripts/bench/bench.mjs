@@ -252,34 +252,30 @@ async function main() {
   }
 
   // ---- bounded memory: push into a slow reader ----
-  for (const p of paths) {
-    if (Object.keys(p.roles).length === 0) continue;
-    try {
-      const m = await pushMemory(rr, p.ports.sink, p.roles, { seconds: cfg.pushSeconds });
-      add(p.name, 'pushAcceptedMiB', m.acceptedMiB);
-      const worst = Math.max(...Object.values(m.growthMiB));
-      add(p.name, 'pushRssGrowthMiB', worst);
-      for (const [role, g] of Object.entries(m.growthMiB)) add(p.name, `pushRssGrowthMiB_${role}`, g);
-      log(`${p.name.padEnd(9)} push into a slow reader: accepted ${m.acceptedMiB.toFixed(0)} MiB (ended: ${m.end}), worst RSS growth ${worst.toFixed(1)} MiB`);
-    } catch (err) {
-      log(`${p.name} push: ${err.message}`);
-    }
-  }
-  // The same with 64 connections at once: what a process holds per connection
-  // when many back up (the path itself is then the slow part). Run after the
-  // one-connection push, so it counts growth beyond that one's peak.
-  for (const p of paths) {
-    if (Object.keys(p.roles).length === 0 || !(cfg.pushConnections > 1)) continue;
-    try {
-      const m = await pushMemory(rr, p.ports.sink, p.roles, { seconds: cfg.pushManySeconds, connections: cfg.pushConnections });
-      const worst = Math.max(...Object.values(m.growthMiB));
-      add(p.name, 'pushManyRssGrowthMiB', worst);
-      for (const [role, g] of Object.entries(m.growthMiB)) add(p.name, `pushManyRssGrowthMiB_${role}`, g);
-      log(
-        `${p.name.padEnd(9)} push on ${cfg.pushConnections} connections: accepted ${m.acceptedMiB.toFixed(0)} MiB (ended: ${m.end}), worst RSS growth ${worst.toFixed(1)} MiB`,
-      );
-    } catch (err) {
-      log(`${p.name} push on ${cfg.pushConnections}: ${err.message}`);
+  // Then the same with 64 connections at once: what a process holds per
+  // connection when many back up (the path itself is then the slow part). Run
+  // after the one-connection push, so it counts growth beyond that one's peak.
+  const pushes = [{ key: 'pushRssGrowthMiB', seconds: cfg.pushSeconds, connections: 1, what: 'push into a slow reader' }];
+  if (cfg.pushConnections > 1)
+    pushes.push({
+      key: 'pushManyRssGrowthMiB',
+      seconds: cfg.pushManySeconds,
+      connections: cfg.pushConnections,
+      what: `push on ${cfg.pushConnections} connections`,
+    });
+  for (const push of pushes) {
+    for (const p of paths) {
+      if (Object.keys(p.roles).length === 0) continue;
+      try {
+        const m = await pushMemory(rr, p.ports.sink, p.roles, push);
+        if (push.connections === 1) add(p.name, 'pushAcceptedMiB', m.acceptedMiB);
+        const worst = Math.max(...Object.values(m.growthMiB));
+        add(p.name, push.key, worst);
+        for (const [role, g] of Object.entries(m.growthMiB)) add(p.name, `${push.key}_${role}`, g);
+        log(`${p.name.padEnd(9)} ${push.what}: accepted ${m.acceptedMiB.toFixed(0)} MiB (ended: ${m.end}), worst RSS growth ${worst.toFixed(1)} MiB`);
+      } catch (err) {
+        log(`${p.name} ${push.what}: ${err.message}`);
+      }
     }
   }
   // The ztm path's mesh stays up for the hub-scale phase; the rest go.

@@ -222,6 +222,8 @@ export interface EarlyPump {
   stop(): number;
   /** The replayed chunks and those read since, when keeping. */
   readonly kept: Buffer[];
+  /** Their bytes. */
+  readonly keptBytes: number;
 }
 
 export function earlyPump(src: Duplex, dst: Duplex, opts: { keep?: number; replay?: readonly Buffer[] } = {}): EarlyPump {
@@ -252,6 +254,9 @@ export function earlyPump(src: Duplex, dst: Duplex, opts: { keep?: number; repla
   else src.resume();
   return {
     kept,
+    get keptBytes() {
+      return keptBytes;
+    },
     stop() {
       src.pause();
       src.off('data', onData);

@@ -90,13 +90,13 @@ export async function relayConnection(
     const { error: answer, refused } = await exitAnswer(outbound);
     early.stop();
     kept = early.kept;
+    const sentEarly = early.keptBytes;
     if (answer === null) {
       if (aborted) {
         outbound.close(h2.NGHTTP2_CANCEL);
         return;
       }
       const meter = deps.stats.opened(key);
-      const sentEarly = kept.reduce((n, c) => n + c.length, 0);
       meter.bytesIn += sentEarly;
       inbound.respond({ ':status': 200 });
       splice(
