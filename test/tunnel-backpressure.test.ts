@@ -2,7 +2,8 @@
  * Slow reader: 1 GiB pushed at a reader that reads slowly. Every process's
  * memory stays bounded; then the reader speeds up and every byte arrives.
  * Many connections into a reader that stopped: the agents' and the hub's
- * backed-up directions share one buffer budget, and give it back.
+ * backed-up directions share one buffer budget, the session they arrive on
+ * asks for narrower stream windows, and both are given back.
  */
 import type * as net from 'node:net';
 import t from 'tap';
@@ -114,6 +115,9 @@ t.test('many connections into a stopped reader share the buffer budget, and give
   const mark = await gauge(exitMetrics, 'ztm_agent_relay_buffer_mark_bytes');
   t.equal(mark, Math.floor((32 * 1024 * 1024) / (4 * CLIENTS)), `they share the 32 MiB budget: ${(mark / 1024).toFixed(0)} KiB each`);
   t.ok((await gauge(hubMetrics, 'ztm_hub_relay_backlogged_directions')) >= 0, 'the hub exports its count');
+  // More than 16 stuck streams on the exit's session with the hub: it asks
+  // the hub for a narrower stream window.
+  t.equal(await gauge(exitMetrics, 'ztm_agent_relay_narrowed_sessions'), 1, "the exit narrowed its session's stream window");
 
   for (const c of clients) c.destroy();
   for (const s of stopped) s.destroy();
@@ -122,5 +126,9 @@ t.test('many connections into a stopped reader share the buffer budget, and give
     what: 'the exit gave the budget back',
   });
   t.equal(await gauge(exitMetrics, 'ztm_agent_relay_buffer_mark_bytes'), 1024 * 1024, 'the full mark again');
+  await waitFor(async () => (await gauge(exitMetrics, 'ztm_agent_relay_narrowed_sessions')) === 0, {
+    timeoutMs: 10_000,
+    what: 'the exit asked for the full window again',
+  });
   await waitFor(async () => (await gauge(hubMetrics, 'ztm_hub_relay_backlogged_directions')) === 0, { timeoutMs: 30_000, what: 'the hub gave its back' });
 });

@@ -24,9 +24,17 @@
  *   CANCEL on a stream, RST on a TCP socket), never a fake clean end; a TCP
  *   reset that libuv reports as an end is caught with a zero-byte write.
  */
+import type { Http2Session } from 'node:http2';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { DATA_HIGH_WATER_MARK_BYTES, MIN_DATA_HIGH_WATER_MARK_BYTES, SPLICE_BUFFER_BUDGET_BYTES } from './limits.js';
+import {
+  DATA_HIGH_WATER_MARK_BYTES,
+  HTTP2_SESSION_STREAM_WINDOW_BUDGET_BYTES,
+  HTTP2_STREAM_WINDOW_BYTES,
+  MIN_DATA_HIGH_WATER_MARK_BYTES,
+  MIN_HTTP2_STREAM_WINDOW_BYTES,
+  SPLICE_BUFFER_BUDGET_BYTES,
+} from './limits.js';
 
 export type SpliceEnd = 'done' | 'reset';
 
@@ -86,6 +94,79 @@ export function dataHighWaterMark(): number {
 /** Directions backlogged now (see above; for tests and status). */
 export function backloggedDirections(): number {
   return backlogged;
+}
+
+/** An HTTP/2 session's backed-up directions (those reading from its
+ * streams), and the stream window it has asked its peer for. */
+interface SessionWindow {
+  backlogged: number;
+  /** What the last SETTINGS sent asked for. */
+  asked: number;
+  /** What it should ask for now. */
+  wanted: number;
+}
+
+const sessionWindows = new WeakMap<Http2Session, SessionWindow>();
+/** Sessions whose streams' window is narrowed now (for status). */
+let narrowed = 0;
+
+/** The receive window each stream of a session gets with `backlogged` of
+ * its streams paused for a full destination: each holds up to a window of
+ * data its peer sent before it paused (node:http2 hands a stream's DATA to
+ * it whether or not it reads; only the window bounds it), so many stuck
+ * streams of one session share `HTTP2_SESSION_STREAM_WINDOW_BUDGET_BYTES`,
+ * in halvings, down to `MIN_HTTP2_STREAM_WINDOW_BYTES`. */
+export function streamWindowFor(backlogged: number): number {
+  let w = HTTP2_STREAM_WINDOW_BYTES;
+  while (w > MIN_HTTP2_STREAM_WINDOW_BYTES && w * backlogged > HTTP2_SESSION_STREAM_WINDOW_BUDGET_BYTES) w /= 2;
+  return w;
+}
+
+/** Sessions of this process whose streams' window is narrowed now. */
+export function narrowedSessions(): number {
+  return narrowed;
+}
+
+/** The HTTP/2 session of a stream; undefined for anything else. */
+function sessionOf(s: Duplex): Http2Session | undefined {
+  const session = (s as Duplex & { session?: Http2Session }).session;
+  return session !== undefined && typeof session.settings === 'function' ? session : undefined;
+}
+
+/** Count a direction reading from a stream of `session` in or out of the
+ * session's backlog, and ask the peer for the window that count gets (a
+ * SETTINGS frame, only when it changes; one in flight at a time, the latest
+ * wish sent on its ACK). The window applies to all the session's streams: a
+ * transfer beside hundreds of stuck streams gets a smaller one too, which
+ * loopback does not notice and a long link does. */
+function sessionBacklog(session: Http2Session, delta: number): void {
+  let st = sessionWindows.get(session);
+  if (st === undefined) {
+    if (delta < 0) return;
+    st = { backlogged: 0, asked: HTTP2_STREAM_WINDOW_BYTES, wanted: HTTP2_STREAM_WINDOW_BYTES };
+    sessionWindows.set(session, st);
+    const state = st;
+    session.on('localSettings', () => askWindow(session, state));
+    session.once('close', () => {
+      if (state.asked < HTTP2_STREAM_WINDOW_BYTES) narrowed--;
+      state.asked = HTTP2_STREAM_WINDOW_BYTES;
+    });
+  }
+  st.backlogged = Math.max(0, st.backlogged + delta);
+  st.wanted = streamWindowFor(st.backlogged);
+  askWindow(session, st);
+}
+
+function askWindow(session: Http2Session, st: SessionWindow): void {
+  if (st.wanted === st.asked || session.destroyed || session.closed || session.pendingSettingsAck) return;
+  try {
+    session.settings({ initialWindowSize: st.wanted });
+  } catch {
+    return; // the session is going: nothing to bound
+  }
+  if (st.asked === HTTP2_STREAM_WINDOW_BYTES) narrowed++;
+  else if (st.wanted === HTTP2_STREAM_WINDOW_BYTES) narrowed--;
+  st.asked = st.wanted;
 }
 
 /** Set a stream's buffer high-water marks to the data path's: node:http2
@@ -159,12 +240,16 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
     corked = false;
     dst.uncork();
   };
-  // Paused for a full destination, and so counted in `backlogged`.
+  // Paused for a full destination, and so counted in `backlogged` (and in
+  // its session's backlog, for a stream: taken now, a destroyed stream no
+  // longer names its session).
   let waiting = false;
+  const session = sessionOf(src);
   const settle = () => {
     if (!waiting) return;
     waiting = false;
     backlogged--;
+    if (session !== undefined) sessionBacklog(session, -1);
   };
   const onDrain = () => {
     settle();
@@ -182,6 +267,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
       if (!waiting) {
         waiting = true;
         backlogged++;
+        if (session !== undefined) sessionBacklog(session, 1);
       }
       // This connection's share, now: what it reads ahead and queues next.
       const hwm = dataHighWaterMark();

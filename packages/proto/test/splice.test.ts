@@ -11,12 +11,16 @@ import t from 'tap';
 import {
   BULK_CHUNK_BYTES,
   DATA_HIGH_WATER_MARK_BYTES,
+  HTTP2_STREAM_WINDOW_BYTES,
   MIN_DATA_HIGH_WATER_MARK_BYTES,
   SPLICE_BUFFER_BUDGET_BYTES,
   type SpliceResult,
   backloggedDirections,
   dataHighWaterMark,
+  http2SessionOptions,
+  narrowedSessions,
   splice,
+  streamWindowFor,
   tuneDataStream,
 } from '@ztm/proto';
 import { finCheck } from '../../../test/helpers/servers.js';
@@ -180,6 +184,83 @@ t.test('many connections whose readers stopped share one buffer budget; idle one
   t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES);
   for (const s of idlePairs) s.destroy();
   await Promise.all(idle);
+});
+
+t.test('many stuck streams of one HTTP/2 session narrow its stream window; it widens again when they go', async (t) => {
+  const KiB = 1024;
+  // h2c server whose streams are spliced into TCP readers that never read.
+  const served: http2.ServerHttp2Stream[] = [];
+  const sinks: net.Socket[] = [];
+  const spliced: Promise<SpliceResult>[] = [];
+  const server = http2.createServer(http2SessionOptions);
+  let serverSession: http2.ServerHttp2Session | undefined;
+  server.on('session', (s) => {
+    serverSession = s;
+  });
+  server.on('stream', (s) => {
+    s.respond({ ':status': 200 });
+    void socketPair().then(([x, y]) => {
+      y.pause();
+      sinks.push(x, y);
+      served.push(s);
+      spliced.push(new Promise((r) => splice({ stream: s, reset: () => s.close(http2.constants.NGHTTP2_CANCEL) }, { stream: x, reset: () => x.destroy() }, r)));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, http2SessionOptions);
+  const reqs: http2.ClientHttp2Stream[] = [];
+  const chunk = Buffer.alloc(64 * KiB, 0x61);
+  // One more stream that writes until it stops being taken, then settles.
+  const stuckOneMore = async () => {
+    const req = session.request({ ':path': '/', ':method': 'POST' });
+    req.on('error', () => {});
+    req.resume();
+    reqs.push(req);
+    let sent = 0;
+    const more = () => {
+      while (sent < 64 * 1024 * KiB && !req.destroyed) {
+        sent += chunk.length;
+        if (!req.write(chunk)) return void req.once('drain', more);
+      }
+    };
+    more();
+    let before = -1;
+    for (let i = 0; i < 100; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      const now = served.reduce((n, s) => n + s.readableLength, 0);
+      if (now === before && served.length === reqs.length) return;
+      before = now;
+    }
+  };
+  for (let i = 0; i < 16; i++) await stuckOneMore();
+  t.equal(streamWindowFor(16), HTTP2_STREAM_WINDOW_BYTES, '16 stuck streams keep the full window');
+  t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES);
+  t.equal(narrowedSessions(), 0);
+  for (let i = 16; i < 64; i++) await stuckOneMore();
+  t.equal(streamWindowFor(64), 256 * KiB);
+  t.equal(serverSession?.localSettings.initialWindowSize, 256 * KiB, '64 stuck streams: the session asked for a quarter of the window');
+  t.equal(narrowedSessions(), 1);
+  // Each stream holds what its peer sent before it stopped reading: its
+  // read-ahead (the splice's share) and one window. The last ones were opened
+  // with the narrow window.
+  const last = served.slice(-8).map((s) => s.readableLength);
+  t.ok(
+    Math.max(...last) <= 256 * KiB + dataHighWaterMark() + 64 * KiB,
+    `the last stuck streams hold ${last.map((n) => (n / KiB).toFixed(0)).join(', ')} KiB (without narrowing ≈ 1,150 each)`,
+  );
+  const total = served.reduce((n, s) => n + s.readableLength, 0);
+  t.ok(total < 56 * 1024 * KiB, `64 stuck streams hold ${(total / 1024 / KiB).toFixed(1)} MiB (≈ 70 without narrowing)`);
+
+  // They go; the session stays and asks for the full window again.
+  const widened = new Promise((r) => serverSession?.on('localSettings', (s) => s.initialWindowSize === HTTP2_STREAM_WINDOW_BYTES && r(s)));
+  for (const r of reqs) r.close(http2.constants.NGHTTP2_CANCEL);
+  for (const s of sinks) s.destroy();
+  await Promise.all(spliced);
+  await Promise.race([widened, new Promise((r) => setTimeout(r, 5000))]);
+  t.equal(narrowedSessions(), 0, 'no session narrowed once they are gone');
+  t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES, 'the full window again');
+  session.close();
+  server.close();
 });
 
 t.test('HTTP/2 streams get the data high-water marks', async (t) => {

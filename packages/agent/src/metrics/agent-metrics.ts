@@ -2,7 +2,7 @@
  * The agent's Prometheus metrics (prom-client, one registry per agent), read
  * from live state at scrape time: nothing is added to the data path.
  */
-import { backloggedDirections, dataHighWaterMark } from '@ztm/proto';
+import { backloggedDirections, dataHighWaterMark, narrowedSessions } from '@ztm/proto';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FileSync } from '../files/file-sync.js';
 import type { HubClient } from '../session/hub-client.js';
@@ -56,6 +56,14 @@ export class AgentMetrics {
       registers,
       collect() {
         this.set(dataHighWaterMark());
+      },
+    });
+    new Gauge({
+      name: 'ztm_agent_relay_narrowed_sessions',
+      help: 'HTTP/2 sessions that asked their peer for a smaller stream window because more than 16 of their streams are backed up',
+      registers,
+      collect() {
+        this.set(narrowedSessions());
       },
     });
     new Gauge({

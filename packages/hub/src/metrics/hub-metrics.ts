@@ -4,7 +4,7 @@
  * control messages: never per data chunk); gauges and relay totals are read
  * from the live state at scrape time.
  */
-import { backloggedDirections, dataHighWaterMark } from '@ztm/proto';
+import { backloggedDirections, dataHighWaterMark, narrowedSessions } from '@ztm/proto';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RelayStats } from '../relay/relay-stats.js';
 import type { SessionManager } from '../session/session-manager.js';
@@ -84,6 +84,14 @@ export class HubMetrics {
       registers,
       collect() {
         this.set(dataHighWaterMark());
+      },
+    });
+    new Gauge({
+      name: 'ztm_hub_relay_narrowed_sessions',
+      help: 'HTTP/2 sessions that asked their peer for a smaller stream window because more than 16 of their streams are backed up',
+      registers,
+      collect() {
+        this.set(narrowedSessions());
       },
     });
     new Gauge({
