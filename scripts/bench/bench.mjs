@@ -83,7 +83,7 @@ const cfg = quick
       latCount: 2000,
       pushSeconds: 5,
       pushConnections: 64,
-      pushManySeconds: 2,
+      pushStalledSeconds: 2,
       idleSeconds: 20,
       reverseCount: 1000,
       cleanBase: true,
@@ -252,22 +252,24 @@ async function main() {
   }
 
   // ---- bounded memory: push into a slow reader ----
-  // Then the same with 64 connections at once: what a process holds per
-  // connection when many back up (the path itself is then the slow part). Run
-  // after the one-connection push, so it counts growth beyond that one's peak.
-  const pushes = [{ key: 'pushRssGrowthMiB', seconds: cfg.pushSeconds, connections: 1, what: 'push into a slow reader' }];
+  // Then 64 connections at once into a reader that has stopped: what each
+  // process of a path holds per connection when everything behind a stalled
+  // target backs up (the client resets them at the end). Run after the
+  // one-connection push, so it counts growth beyond that one's peak.
+  const pushes = [{ key: 'pushRssGrowthMiB', target: 'sink', seconds: cfg.pushSeconds, connections: 1, what: 'push into a slow reader' }];
   if (cfg.pushConnections > 1)
     pushes.push({
-      key: 'pushManyRssGrowthMiB',
-      seconds: cfg.pushManySeconds,
+      key: 'pushStalledRssGrowthMiB',
+      target: 'stall',
+      seconds: cfg.pushStalledSeconds,
       connections: cfg.pushConnections,
-      what: `push on ${cfg.pushConnections} connections`,
+      what: `push on ${cfg.pushConnections} connections into a reader that stopped`,
     });
   for (const push of pushes) {
     for (const p of paths) {
       if (Object.keys(p.roles).length === 0) continue;
       try {
-        const m = await pushMemory(rr, p.ports.sink, p.roles, push);
+        const m = await pushMemory(rr, p.ports[push.target], p.roles, push);
         if (push.connections === 1) add(p.name, 'pushAcceptedMiB', m.acceptedMiB);
         const worst = Math.max(...Object.values(m.growthMiB));
         add(p.name, push.key, worst);
@@ -446,7 +448,7 @@ function printTable(res) {
     ['cpuSecPerGB_relay', 'relay'],
     ['cpuSecPerGB_exit', 'exit'],
     ['pushRssGrowthMiB', 'push ΔRSS MiB'],
-    ['pushManyRssGrowthMiB', 'push×64 ΔRSS MiB'],
+    ['pushStalledRssGrowthMiB', 'stalled×64 ΔRSS MiB'],
   ];
   const rows = [['scenario', ...cols.map((c) => c[1])]];
   const notes = [];

@@ -2,7 +2,8 @@
  * rr: the small C workload tools of scripts/bench (loopback only).
  *
  *   rr echo PORT                      echo server on 127.0.0.1:PORT (epoll)
- *   rr sink PORT BYTES_PER_SEC        slow reader: reads each connection at this rate
+ *   rr sink PORT BYTES_PER_SEC [STALL_MS]  slow reader: reads each connection at this rate
+ *                                     (after reading nothing for STALL_MS: a reader that stopped)
  *   rr lat  PORT COUNT SIZE WARMUP    COUNT sequential SIZE-byte round trips on one connection
  *   rr conn PORT PAR MAXCONNS MAXSEC  open, one 64-byte round trip, close; PAR in parallel
  *   rr push PORT SECONDS MAXBYTES [PAR]  write as fast as the path takes it (PAR connections, MAXBYTES each)
@@ -149,9 +150,14 @@ static int echo_server(int port) {
 
 /* ---- slow sink ---- */
 static long sink_rate;
+static long sink_stall_ms;
 static void *sink_conn(void *arg) {
   int fd = (int)(intptr_t)arg;
   char buf[16384];
+  if (sink_stall_ms > 0) {
+    struct timespec ts = {sink_stall_ms / 1000, (sink_stall_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
   double start = now_s();
   long total = 0;
   for (;;) {
@@ -169,8 +175,9 @@ static void *sink_conn(void *arg) {
   return NULL;
 }
 
-static int sink_server(int port, long rate) {
+static int sink_server(int port, long rate, long stall_ms) {
   sink_rate = rate > 0 ? rate : 1;
+  sink_stall_ms = stall_ms > 0 && stall_ms <= 60000 ? stall_ms : 0;
   int lfd = listen_on(port);
   for (;;) {
     int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -324,10 +331,10 @@ static int push_client(int port, double seconds, long maxbytes, int par) {
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc >= 3 && !strcmp(argv[1], "echo")) return echo_server(atoi(argv[2]));
-  if (argc >= 4 && !strcmp(argv[1], "sink")) return sink_server(atoi(argv[2]), atol(argv[3]));
+  if (argc >= 4 && !strcmp(argv[1], "sink")) return sink_server(atoi(argv[2]), atol(argv[3]), argc >= 5 ? atol(argv[4]) : 0);
   if (argc >= 6 && !strcmp(argv[1], "lat")) return lat_client(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   if (argc >= 6 && !strcmp(argv[1], "conn")) return conn_client(atoi(argv[2]), atoi(argv[3]), atol(argv[4]), atof(argv[5]));
   if (argc >= 5 && !strcmp(argv[1], "push")) return push_client(atoi(argv[2]), atof(argv[3]), atol(argv[4]), argc >= 6 ? atoi(argv[5]) : 1);
-  fprintf(stderr, "usage: rr echo PORT | sink PORT BPS | lat PORT COUNT SIZE WARMUP | conn PORT PAR MAX SECS | push PORT SECS MAXBYTES [PAR]\n");
+  fprintf(stderr, "usage: rr echo PORT | sink PORT BPS [STALL_MS] | lat PORT COUNT SIZE WARMUP | conn PORT PAR MAX SECS | push PORT SECS MAXBYTES [PAR]\n");
   return 2;
 }

@@ -1,8 +1,9 @@
 // The paths a byte takes from client to target, one per scenario, each brought
 // up on loopback with its own processes and the same three targets behind it:
-// an iperf3 server (its own), the shared echo server and the shared slow sink.
+// an iperf3 server (its own), the shared echo server, the shared slow sink and
+// the shared stalled sink.
 //
-// A path is { name, ports: { iperf, echo, sink }, roles: { entry?, relay?, exit? }
+// A path is { name, ports: { iperf, echo, sink, stall }, roles: { entry?, relay?, exit? }
 // (pids whose process trees are sampled), notes, stop() }.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -14,7 +15,7 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..')
 export const HUB_BIN = join(ROOT, 'packages/hub/bin/ztm-hub.js');
 export const AGENT_BIN = join(ROOT, 'packages/agent/bin/ztm-agent.js');
 
-const TARGETS = ['iperf', 'echo', 'sink'];
+const TARGETS = ['iperf', 'echo', 'sink', 'stall'];
 
 /** The Node flags a bin's shebang gives it (`#!/usr/bin/env -S node FLAGS`):
  * installed binaries run with them (systemd, the image, npm's bin links), so
@@ -58,20 +59,27 @@ export async function probeEcho(port, timeoutMs = 20_000) {
   }
 }
 
-/** Targets shared by every path: echo server and slow sink (rr), plus one
- * iperf3 server per path (an iperf3 server runs one test at a time). */
+/** Targets shared by every path: echo server, slow sink and stalled sink
+ * (rr), plus one iperf3 server per path (an iperf3 server runs one test at a
+ * time). */
 export async function startTargets(rr) {
   const echo = await freePort();
   const sink = await freePort();
+  const stall = await freePort();
   const e = start('echo', rr, ['echo', String(echo)]);
   const s = start('sink', rr, ['sink', String(sink), String(SINK_BYTES_PER_SEC)]);
+  const st = start('stall', rr, ['sink', String(stall), '1000000000000', String(STALL_MS)]);
   await waitPort(echo, 5000, 'echo server');
   await waitPort(sink, 5000, 'sink server');
-  return { echo, sink, procs: [e, s] };
+  await waitPort(stall, 5000, 'stalled sink');
+  return { echo, sink, stall, procs: [e, s, st] };
 }
 
 /** The slow far end of the bounded-memory check: 8 MB/s. */
 export const SINK_BYTES_PER_SEC = 8_000_000;
+/** The stalled far end: reads nothing for this long after accepting a
+ * connection (longer than a push and its sampling), then all it gets. */
+export const STALL_MS = 5000;
 
 async function iperfServer(name) {
   const port = await freePort();
@@ -85,7 +93,7 @@ export async function direct(targets) {
   const ip = await iperfServer('direct');
   return {
     name: 'direct',
-    ports: { iperf: ip.port, echo: targets.echo, sink: targets.sink },
+    ports: { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall },
     roles: {},
     notes: 'client → target on loopback',
     stop: () => stop(ip.h),
@@ -154,7 +162,7 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
   const base = join(runDir(), tag);
   mkdirSync(base, { recursive: true });
   const ip = iperfPort ? null : await iperfServer(tag);
-  const targetPorts = { iperf: iperfPort ?? ip.port, echo: targets.echo, sink: targets.sink };
+  const targetPorts = { iperf: iperfPort ?? ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall };
   const ports = {};
   for (const t of TARGETS) ports[t] = await freePort();
   const agents = { a: { dir: join(base, 'a') }, b: { dir: join(base, 'b') } };
@@ -260,7 +268,7 @@ export async function ssh(targets) {
   const { port: sport, user, sshd, key, knownHosts } = await startSshd('ssh');
   const ports = {};
   const forwards = [];
-  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall };
   for (const t of TARGETS) {
     ports[t] = await freePort();
     forwards.push('-L', `127.0.0.1:${ports[t]}:127.0.0.1:${targetPorts[t]}`);
@@ -334,7 +342,7 @@ async function tlsPeerSetup(name, targets) {
   mkdirSync(dir, { recursive: true });
   const pki = await selfSignedCert(dir);
   const ip = await iperfServer(name);
-  return { dir, pki, ip, targetPorts: { iperf: ip.port, echo: targets.echo, sink: targets.sink } };
+  return { dir, pki, ip, targetPorts: { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall } };
 }
 
 function stunnelConf(dir, name, services, pki) {
@@ -453,7 +461,7 @@ export async function frp(targets, binDir) {
   const dir = join(runDir(), 'frp');
   mkdirSync(dir, { recursive: true });
   const ip = await iperfServer('frp');
-  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink };
+  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall };
   const sport = await freePort();
   const common = ['serverAddr = "127.0.0.1"', `serverPort = ${sport}`, 'auth.token = "ztm-bench"', 'transport.tls.enable = true', 'loginFailExit = true'];
   const log = ['log.to = "console"', 'log.level = "warn"'];
