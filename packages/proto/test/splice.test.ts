@@ -224,11 +224,20 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
       }
     };
     more();
+    // Stuck: its direction counted as backed up, and nothing more arriving.
+    await until(() => backloggedDirections() >= reqs.length, 'the stream backed up');
+    await settled();
+  };
+  const until = async (ok: () => boolean, what: string) => {
+    for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+    if (!ok()) throw new Error(`not within 10 s: ${what}`);
+  };
+  const settled = async () => {
     let before = -1;
     for (let i = 0; i < 100; i++) {
       await new Promise((r) => setTimeout(r, 20));
       const now = served.reduce((n, s) => n + s.readableLength, 0);
-      if (now === before && served.length === reqs.length) return;
+      if (now === before) return;
       before = now;
     }
   };
@@ -237,6 +246,7 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
   t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES);
   t.equal(narrowedSessions(), 0);
   for (let i = 16; i < 64; i++) await stuckOneMore();
+  await until(() => serverSession?.localSettings.initialWindowSize === 256 * KiB, 'the narrower window acknowledged');
   t.equal(streamWindowFor(64), 256 * KiB);
   t.equal(serverSession?.localSettings.initialWindowSize, 256 * KiB, '64 stuck streams: the session asked for a quarter of the window');
   t.equal(narrowedSessions(), 1);
