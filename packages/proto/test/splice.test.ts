@@ -1,7 +1,10 @@
 /**
  * splice(): bytes arrive whole and in order with and without write batching,
  * half-close keeps the other direction, a reset passes on, a full destination
- * pauses the source, and HTTP/2 streams get the data path's high-water marks.
+ * pauses the source, many stuck connections share a buffer budget, many stuck
+ * streams of one HTTP/2 session narrow its stream window (and every byte still
+ * arrives once they resume), and HTTP/2 streams get the data path's
+ * high-water marks.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import * as http2 from 'node:http2';
@@ -269,6 +272,87 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
   await Promise.race([widened, new Promise((r) => setTimeout(r, 5000))]);
   t.equal(narrowedSessions(), 0, 'no session narrowed once they are gone');
   t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES, 'the full window again');
+  session.close();
+  server.close();
+});
+
+t.test('streams of a narrowed session deliver every byte once their readers resume', async (t) => {
+  const KiB = 1024;
+  const MiB = 1024 * KiB;
+  const N = 24; // past 16: the session asks for half the window
+  // More than loopback's socket buffers take (a few MiB each way), so every
+  // stream backs up in the splice.
+  const EACH = 16 * MiB;
+  const readers: net.Socket[] = [];
+  const got: Promise<{ bytes: number; sha: string }>[] = [];
+  const spliced: Promise<SpliceResult>[] = [];
+  const server = http2.createServer(http2SessionOptions);
+  let serverSession: http2.ServerHttp2Session | undefined;
+  server.on('session', (s) => {
+    serverSession = s;
+  });
+  server.on('stream', (s) => {
+    s.respond({ ':status': 200 });
+    void socketPair().then(([x, y]) => {
+      y.pause();
+      readers.push(y);
+      got.push(
+        new Promise((resolve) => {
+          const h = createHash('sha256');
+          let bytes = 0;
+          y.on('data', (c: Buffer) => {
+            h.update(c);
+            bytes += c.length;
+          });
+          y.once('end', () => {
+            y.end();
+            resolve({ bytes, sha: h.digest('hex') });
+          });
+        }),
+      );
+      spliced.push(new Promise((r) => splice({ stream: s, reset: () => s.close(http2.constants.NGHTTP2_CANCEL) }, { stream: x, reset: () => x.destroy() }, r)));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, http2SessionOptions);
+  const sent: string[] = [];
+  for (let i = 0; i < N; i++) {
+    // Each stream its own bytes: a 1 MiB block of its own, 16 times.
+    const block = randomBytes(MiB);
+    const h = createHash('sha256');
+    for (let k = 0; k < EACH / MiB; k++) h.update(block);
+    sent.push(h.digest('hex'));
+    const req = session.request({ ':path': '/', ':method': 'POST' });
+    req.on('error', () => {});
+    req.resume();
+    let k = 0;
+    const more = () => {
+      while (k < EACH / MiB) {
+        k++;
+        const last = k === EACH / MiB;
+        if (last) req.end(block);
+        else if (!req.write(block)) return void req.once('drain', more);
+      }
+    };
+    more();
+  }
+  // Every reader stopped: each stream backs up, and the session narrows.
+  for (let i = 0; i < 1000 && serverSession?.localSettings.initialWindowSize !== 512 * KiB; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(serverSession?.localSettings.initialWindowSize, 512 * KiB, `${N} stuck streams: the session asked for half the window`);
+  for (let i = 0; i < 1000 && readers.length < N; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(readers.length, N, 'every stream reached its reader');
+  // The readers resume: every byte arrives, in order, and the session widens.
+  for (const y of readers) y.resume();
+  const results = await Promise.all(got);
+  t.ok(
+    results.every((r) => r.bytes === EACH),
+    `every stream delivered its ${EACH} bytes`,
+  );
+  t.same(results.map((r) => r.sha).sort(), [...sent].sort(), 'whole and in order');
+  await Promise.all(spliced);
+  for (let i = 0; i < 1000 && serverSession?.localSettings.initialWindowSize !== HTTP2_STREAM_WINDOW_BYTES; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES, 'and asks for the full window again');
+  t.equal(narrowedSessions(), 0);
   session.close();
   server.close();
 });
