@@ -189,11 +189,10 @@ t.test('many connections whose readers stopped share one buffer budget; idle one
   await Promise.all(idle);
 });
 
-t.test('many stuck streams of one HTTP/2 session narrow its stream window; it widens again when they go', async (t) => {
-  const KiB = 1024;
-  // h2c server whose streams are spliced into TCP readers that never read.
-  const served: http2.ServerHttp2Stream[] = [];
-  const sinks: net.Socket[] = [];
+/** An h2c server with the sessions' options whose every stream is spliced
+ * into a TCP pair whose far end starts paused (a reader that stopped), and a
+ * client session to it. `onStream` gets each stream, its near and far end. */
+async function stuckH2(onStream: (s: http2.ServerHttp2Stream, near: net.Socket, far: net.Socket) => void) {
   const spliced: Promise<SpliceResult>[] = [];
   const server = http2.createServer(http2SessionOptions);
   let serverSession: http2.ServerHttp2Session | undefined;
@@ -204,13 +203,34 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
     s.respond({ ':status': 200 });
     void socketPair().then(([x, y]) => {
       y.pause();
-      sinks.push(x, y);
-      served.push(s);
+      onStream(s, x, y);
       spliced.push(new Promise((r) => splice({ stream: s, reset: () => s.close(http2.constants.NGHTTP2_CANCEL) }, { stream: x, reset: () => x.destroy() }, r)));
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, http2SessionOptions);
+  return {
+    session,
+    spliced,
+    /** The server session's stream window as last acknowledged. */
+    window: () => serverSession?.localSettings.initialWindowSize,
+    onLocalSettings: (f: (s: http2.Settings) => void) => serverSession?.on('localSettings', f),
+    close() {
+      session.close();
+      server.close();
+    },
+  };
+}
+
+t.test('many stuck streams of one HTTP/2 session narrow its stream window; it widens again when they go', async (t) => {
+  const KiB = 1024;
+  const served: http2.ServerHttp2Stream[] = [];
+  const sinks: net.Socket[] = [];
+  const h2 = await stuckH2((s, x, y) => {
+    sinks.push(x, y);
+    served.push(s);
+  });
+  const { session, spliced } = h2;
   const reqs: http2.ClientHttp2Stream[] = [];
   const chunk = Buffer.alloc(64 * KiB, 0x61);
   // One more stream that writes until it stops being taken, then settles.
@@ -246,12 +266,12 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
   };
   for (let i = 0; i < 16; i++) await stuckOneMore();
   t.equal(streamWindowFor(16), HTTP2_STREAM_WINDOW_BYTES, '16 stuck streams keep the full window');
-  t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES);
+  t.equal(h2.window(), HTTP2_STREAM_WINDOW_BYTES);
   t.equal(narrowedSessions(), 0);
   for (let i = 16; i < 64; i++) await stuckOneMore();
-  await until(() => serverSession?.localSettings.initialWindowSize === 256 * KiB, 'the narrower window acknowledged');
+  await until(() => h2.window() === 256 * KiB, 'the narrower window acknowledged');
   t.equal(streamWindowFor(64), 256 * KiB);
-  t.equal(serverSession?.localSettings.initialWindowSize, 256 * KiB, '64 stuck streams: the session asked for a quarter of the window');
+  t.equal(h2.window(), 256 * KiB, '64 stuck streams: the session asked for a quarter of the window');
   t.equal(narrowedSessions(), 1);
   // Each stream holds what its peer sent before it stopped reading: its
   // read-ahead (the splice's share) and one window. The last ones were opened
@@ -265,15 +285,14 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
   t.ok(total < 56 * 1024 * KiB, `64 stuck streams hold ${(total / 1024 / KiB).toFixed(1)} MiB (≈ 70 without narrowing)`);
 
   // They go; the session stays and asks for the full window again.
-  const widened = new Promise((r) => serverSession?.on('localSettings', (s) => s.initialWindowSize === HTTP2_STREAM_WINDOW_BYTES && r(s)));
+  const widened = new Promise((r) => h2.onLocalSettings((s) => s.initialWindowSize === HTTP2_STREAM_WINDOW_BYTES && r(s)));
   for (const r of reqs) r.close(http2.constants.NGHTTP2_CANCEL);
   for (const s of sinks) s.destroy();
   await Promise.all(spliced);
   await Promise.race([widened, new Promise((r) => setTimeout(r, 5000))]);
   t.equal(narrowedSessions(), 0, 'no session narrowed once they are gone');
-  t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES, 'the full window again');
-  session.close();
-  server.close();
+  t.equal(h2.window(), HTTP2_STREAM_WINDOW_BYTES, 'the full window again');
+  h2.close();
 });
 
 t.test('streams of a narrowed session deliver every byte once their readers resume', async (t) => {
@@ -285,36 +304,24 @@ t.test('streams of a narrowed session deliver every byte once their readers resu
   const EACH = 16 * MiB;
   const readers: net.Socket[] = [];
   const got: Promise<{ bytes: number; sha: string }>[] = [];
-  const spliced: Promise<SpliceResult>[] = [];
-  const server = http2.createServer(http2SessionOptions);
-  let serverSession: http2.ServerHttp2Session | undefined;
-  server.on('session', (s) => {
-    serverSession = s;
+  const h2 = await stuckH2((_s, _x, y) => {
+    readers.push(y);
+    got.push(
+      new Promise((resolve) => {
+        const h = createHash('sha256');
+        let bytes = 0;
+        y.on('data', (c: Buffer) => {
+          h.update(c);
+          bytes += c.length;
+        });
+        y.once('end', () => {
+          y.end();
+          resolve({ bytes, sha: h.digest('hex') });
+        });
+      }),
+    );
   });
-  server.on('stream', (s) => {
-    s.respond({ ':status': 200 });
-    void socketPair().then(([x, y]) => {
-      y.pause();
-      readers.push(y);
-      got.push(
-        new Promise((resolve) => {
-          const h = createHash('sha256');
-          let bytes = 0;
-          y.on('data', (c: Buffer) => {
-            h.update(c);
-            bytes += c.length;
-          });
-          y.once('end', () => {
-            y.end();
-            resolve({ bytes, sha: h.digest('hex') });
-          });
-        }),
-      );
-      spliced.push(new Promise((r) => splice({ stream: s, reset: () => s.close(http2.constants.NGHTTP2_CANCEL) }, { stream: x, reset: () => x.destroy() }, r)));
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, http2SessionOptions);
+  const { session, spliced } = h2;
   const sent: string[] = [];
   for (let i = 0; i < N; i++) {
     // Each stream its own bytes: a 1 MiB block of its own, 16 times.
@@ -337,8 +344,8 @@ t.test('streams of a narrowed session deliver every byte once their readers resu
     more();
   }
   // Every reader stopped: each stream backs up, and the session narrows.
-  for (let i = 0; i < 1000 && serverSession?.localSettings.initialWindowSize !== 512 * KiB; i++) await new Promise((r) => setTimeout(r, 10));
-  t.equal(serverSession?.localSettings.initialWindowSize, 512 * KiB, `${N} stuck streams: the session asked for half the window`);
+  for (let i = 0; i < 1000 && h2.window() !== 512 * KiB; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(h2.window(), 512 * KiB, `${N} stuck streams: the session asked for half the window`);
   for (let i = 0; i < 1000 && readers.length < N; i++) await new Promise((r) => setTimeout(r, 10));
   t.equal(readers.length, N, 'every stream reached its reader');
   // The readers resume: every byte arrives, in order, and the session widens.
@@ -350,11 +357,10 @@ t.test('streams of a narrowed session deliver every byte once their readers resu
   );
   t.same(results.map((r) => r.sha).sort(), [...sent].sort(), 'whole and in order');
   await Promise.all(spliced);
-  for (let i = 0; i < 1000 && serverSession?.localSettings.initialWindowSize !== HTTP2_STREAM_WINDOW_BYTES; i++) await new Promise((r) => setTimeout(r, 10));
-  t.equal(serverSession?.localSettings.initialWindowSize, HTTP2_STREAM_WINDOW_BYTES, 'and asks for the full window again');
+  for (let i = 0; i < 1000 && h2.window() !== HTTP2_STREAM_WINDOW_BYTES; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(h2.window(), HTTP2_STREAM_WINDOW_BYTES, 'and asks for the full window again');
   t.equal(narrowedSessions(), 0);
-  session.close();
-  server.close();
+  h2.close();
 });
 
 t.test('HTTP/2 streams get the data high-water marks', async (t) => {
