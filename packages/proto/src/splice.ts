@@ -97,13 +97,12 @@ export function backloggedDirections(): number {
 }
 
 /** An HTTP/2 session's backed-up directions (those reading from its
- * streams), and the stream window it has asked its peer for. */
+ * streams), and the stream window it has asked its peer for (what it should
+ * ask for now is `streamWindowFor(backlogged)`). */
 interface SessionWindow {
   backlogged: number;
   /** What the last SETTINGS sent asked for. */
   asked: number;
-  /** What it should ask for now. */
-  wanted: number;
 }
 
 const sessionWindows = new WeakMap<Http2Session, SessionWindow>();
@@ -143,7 +142,7 @@ function sessionBacklog(session: Http2Session, delta: number): void {
   let st = sessionWindows.get(session);
   if (st === undefined) {
     if (delta < 0) return;
-    st = { backlogged: 0, asked: HTTP2_STREAM_WINDOW_BYTES, wanted: HTTP2_STREAM_WINDOW_BYTES };
+    st = { backlogged: 0, asked: HTTP2_STREAM_WINDOW_BYTES };
     sessionWindows.set(session, st);
     const state = st;
     session.on('localSettings', () => askWindow(session, state));
@@ -153,20 +152,20 @@ function sessionBacklog(session: Http2Session, delta: number): void {
     });
   }
   st.backlogged = Math.max(0, st.backlogged + delta);
-  st.wanted = streamWindowFor(st.backlogged);
   askWindow(session, st);
 }
 
 function askWindow(session: Http2Session, st: SessionWindow): void {
-  if (st.wanted === st.asked || session.destroyed || session.closed || session.pendingSettingsAck) return;
+  const wanted = streamWindowFor(st.backlogged);
+  if (wanted === st.asked || session.destroyed || session.closed || session.pendingSettingsAck) return;
   try {
-    session.settings({ initialWindowSize: st.wanted });
+    session.settings({ initialWindowSize: wanted });
   } catch {
     return; // the session is going: nothing to bound
   }
   if (st.asked === HTTP2_STREAM_WINDOW_BYTES) narrowed++;
-  else if (st.wanted === HTTP2_STREAM_WINDOW_BYTES) narrowed--;
-  st.asked = st.wanted;
+  else if (wanted === HTTP2_STREAM_WINDOW_BYTES) narrowed--;
+  st.asked = wanted;
 }
 
 /** Set a stream's buffer high-water marks to the data path's: node:http2

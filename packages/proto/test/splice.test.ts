@@ -26,6 +26,7 @@ import {
   streamWindowFor,
   tuneDataStream,
 } from '@ztm/proto';
+import { waitFor } from '../../../test/helpers/index.js';
 import { finCheck } from '../../../test/helpers/servers.js';
 
 /** A TCP pair on loopback: [client end, server end]. */
@@ -248,12 +249,8 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
     };
     more();
     // Stuck: its direction counted as backed up, and nothing more arriving.
-    await until(() => backloggedDirections() >= reqs.length, 'the stream backed up');
+    await waitFor(() => backloggedDirections() >= reqs.length, { intervalMs: 10, what: 'the stream backed up' });
     await settled();
-  };
-  const until = async (ok: () => boolean, what: string) => {
-    for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
-    if (!ok()) throw new Error(`not within 10 s: ${what}`);
   };
   const settled = async () => {
     let before = -1;
@@ -269,7 +266,7 @@ t.test('many stuck streams of one HTTP/2 session narrow its stream window; it wi
   t.equal(h2.window(), HTTP2_STREAM_WINDOW_BYTES);
   t.equal(narrowedSessions(), 0);
   for (let i = 16; i < 64; i++) await stuckOneMore();
-  await until(() => h2.window() === 256 * KiB, 'the narrower window acknowledged');
+  await waitFor(() => h2.window() === 256 * KiB, { intervalMs: 10, what: 'the narrower window acknowledged' });
   t.equal(streamWindowFor(64), 256 * KiB);
   t.equal(h2.window(), 256 * KiB, '64 stuck streams: the session asked for a quarter of the window');
   t.equal(narrowedSessions(), 1);
@@ -344,9 +341,9 @@ t.test('streams of a narrowed session deliver every byte once their readers resu
     more();
   }
   // Every reader stopped: each stream backs up, and the session narrows.
-  for (let i = 0; i < 1000 && h2.window() !== 512 * KiB; i++) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(() => h2.window() === 512 * KiB, { intervalMs: 10 }).catch(() => {});
   t.equal(h2.window(), 512 * KiB, `${N} stuck streams: the session asked for half the window`);
-  for (let i = 0; i < 1000 && readers.length < N; i++) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(() => readers.length === N, { intervalMs: 10 }).catch(() => {});
   t.equal(readers.length, N, 'every stream reached its reader');
   // The readers resume: every byte arrives, in order, and the session widens.
   for (const y of readers) y.resume();
@@ -357,7 +354,7 @@ t.test('streams of a narrowed session deliver every byte once their readers resu
   );
   t.same(results.map((r) => r.sha).sort(), [...sent].sort(), 'whole and in order');
   await Promise.all(spliced);
-  for (let i = 0; i < 1000 && h2.window() !== HTTP2_STREAM_WINDOW_BYTES; i++) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(() => h2.window() === HTTP2_STREAM_WINDOW_BYTES, { intervalMs: 10 }).catch(() => {});
   t.equal(h2.window(), HTTP2_STREAM_WINDOW_BYTES, 'and asks for the full window again');
   t.equal(narrowedSessions(), 0);
   h2.close();

@@ -75,6 +75,12 @@ export async function startTargets(rr) {
   return { echo, sink, stall, procs: [e, s, st] };
 }
 
+/** The port of each of TARGETS behind a path: its own iperf3 server and the
+ * shared ones. */
+function targetPortsOf(targets, iperf) {
+  return Object.fromEntries(TARGETS.map((t) => [t, t === 'iperf' ? iperf : targets[t]]));
+}
+
 /** The slow far end of the bounded-memory check: 8 MB/s. */
 export const SINK_BYTES_PER_SEC = 8_000_000;
 /** The stalled far end: reads nothing for this long after accepting a
@@ -93,7 +99,7 @@ export async function direct(targets) {
   const ip = await iperfServer('direct');
   return {
     name: 'direct',
-    ports: { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall },
+    ports: targetPortsOf(targets, ip.port),
     roles: {},
     notes: 'client → target on loopback',
     stop: () => stop(ip.h),
@@ -162,7 +168,7 @@ export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root
   const base = join(runDir(), tag);
   mkdirSync(base, { recursive: true });
   const ip = iperfPort ? null : await iperfServer(tag);
-  const targetPorts = { iperf: iperfPort ?? ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall };
+  const targetPorts = targetPortsOf(targets, iperfPort ?? ip.port);
   const ports = {};
   for (const t of TARGETS) ports[t] = await freePort();
   const agents = { a: { dir: join(base, 'a') }, b: { dir: join(base, 'b') } };
@@ -268,7 +274,7 @@ export async function ssh(targets) {
   const { port: sport, user, sshd, key, knownHosts } = await startSshd('ssh');
   const ports = {};
   const forwards = [];
-  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall };
+  const targetPorts = targetPortsOf(targets, ip.port);
   for (const t of TARGETS) {
     ports[t] = await freePort();
     forwards.push('-L', `127.0.0.1:${ports[t]}:127.0.0.1:${targetPorts[t]}`);
@@ -342,7 +348,7 @@ async function tlsPeerSetup(name, targets) {
   mkdirSync(dir, { recursive: true });
   const pki = await selfSignedCert(dir);
   const ip = await iperfServer(name);
-  return { dir, pki, ip, targetPorts: { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall } };
+  return { dir, pki, ip, targetPorts: targetPortsOf(targets, ip.port) };
 }
 
 function stunnelConf(dir, name, services, pki) {
@@ -461,7 +467,7 @@ export async function frp(targets, binDir) {
   const dir = join(runDir(), 'frp');
   mkdirSync(dir, { recursive: true });
   const ip = await iperfServer('frp');
-  const targetPorts = { iperf: ip.port, echo: targets.echo, sink: targets.sink, stall: targets.stall };
+  const targetPorts = targetPortsOf(targets, ip.port);
   const sport = await freePort();
   const common = ['serverAddr = "127.0.0.1"', `serverPort = ${sport}`, 'auth.token = "ztm-bench"', 'transport.tls.enable = true', 'loginFailExit = true'];
   const log = ['log.to = "console"', 'log.level = "warn"'];
