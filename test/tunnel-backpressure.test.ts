@@ -3,7 +3,9 @@
  * memory stays bounded; then the reader speeds up and every byte arrives.
  * Many connections into a reader that stopped: the agents' and the hub's
  * backed-up directions share one buffer budget, the session they arrive on
- * asks for narrower stream windows, and both are given back.
+ * asks for narrower stream windows, and both are given back. Hundreds at once
+ * into a reader that stopped: the hub holds a share of a budget per
+ * connection, not a stream window each.
  */
 import type * as net from 'node:net';
 import t from 'tap';
@@ -131,4 +133,64 @@ t.test('many connections into a stopped reader share the buffer budget, and give
     what: 'the exit asked for the full window again',
   });
   await waitFor(async () => (await gauge(hubMetrics, 'ztm_hub_relay_backlogged_directions')) === 0, { timeoutMs: 30_000, what: 'the hub gave its back' });
+});
+
+t.test('hundreds of connections at once into a stopped reader: the hub holds a budget, not a window each', async (t) => {
+  const hubMetrics = await freePort();
+  const m = await startMesh(t, ['entry', 'exit'], { serveArgs: ['--metrics', `127.0.0.1:${hubMetrics}`] });
+  const stopped: net.Socket[] = [];
+  const reader = await tcpServer(t, (s) => {
+    s.pause();
+    stopped.push(s);
+  });
+  const port = await freePort();
+  await openTunnel(m, 'entry', 'exit', 'tcp/stuck-many', reader.port, port);
+  const gauge = async (name: string) => {
+    const text = await (await fetch(`http://127.0.0.1:${hubMetrics}/metrics`)).text();
+    const v = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text);
+    return v ? Number(v[1]) : Number.NaN;
+  };
+  const MiB = 1024 * 1024;
+  const before = await gauge('ztm_hub_process_nodejs_external_memory_bytes');
+  t.ok(before > 0, 'the hub exports its external memory');
+
+  // Each client writes as soon as it is connected, until the tunnel stops
+  // taking (at most 64 MiB each): the first are backing up while the last
+  // arrive.
+  const CLIENTS = 256;
+  const clients: net.Socket[] = [];
+  const chunk = Buffer.alloc(MiB, 0x61);
+  for (let i = 0; i < CLIENTS; i++) {
+    const c = await connect(port);
+    c.on('error', () => {});
+    clients.push(c);
+    let sent = 0;
+    const more = () => {
+      while (sent < 64 * MiB && !c.destroyed) {
+        sent += chunk.length;
+        if (!c.write(chunk)) return void c.once('drain', more);
+      }
+    };
+    more();
+  }
+  // Until nothing more is taken in.
+  let last = -1;
+  for (let i = 0; i < 60; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    const taken = clients.reduce((n, c) => n + c.bytesWritten - c.writableLength, 0);
+    if (taken === last) break;
+    last = taken;
+  }
+  const held = (await gauge('ztm_hub_process_nodejs_external_memory_bytes')) - before;
+  t.ok((await gauge('ztm_hub_relay_narrowed_sessions')) >= 1, 'the hub narrowed the stream window of a session with that many open');
+  // A stream window (1 MiB) each would be ≈ 300 MiB; a share of the 64 MiB
+  // budget of open streams per session, and of the 32 MiB buffer budget.
+  t.ok(held < 128 * MiB, `the hub holds ${(held / MiB).toFixed(1)} MiB for ${CLIENTS} stuck connections (${(last / MiB).toFixed(0)} MiB taken in)`);
+
+  for (const c of clients) c.destroy();
+  for (const s of stopped) s.destroy();
+  await waitFor(async () => (await gauge('ztm_hub_relay_narrowed_sessions')) === 0, {
+    timeoutMs: 30_000,
+    what: 'the hub asked for the full window again',
+  });
 });

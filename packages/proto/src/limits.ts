@@ -27,6 +27,16 @@ export const HTTP2_SESSION_WINDOW_BYTES = 8 * 1024 * 1024;
  * 174 MiB and the exit by 170 without it, by 113 and 124 with it; connections
  * that back up all at once have each been sent a full window first. */
 export const HTTP2_SESSION_STREAM_WINDOW_BUDGET_BYTES = 16 * 1024 * 1024;
+/** What the open data streams of one session (tunnelled connections) may
+ * have been sent before they are read, together: a session with more than 32
+ * open asks its peer for a window half as large, a quarter from 65, down to
+ * `MIN_HTTP2_STREAM_WINDOW_BYTES` (splice.ts). The backlog count above
+ * narrows only once streams have stopped, and streams that stop together
+ * (one target stalling under many connections) have each been sent a full
+ * window by then. Four times the session window: a session's streams never
+ * have more than that in flight, so many busy at once lose nothing; one
+ * transfer beside 32 idle connections gets half the window. */
+export const HTTP2_SESSION_OPEN_STREAM_WINDOW_BUDGET_BYTES = 32 * 1024 * 1024;
 /** The narrowest stream window a session asks for (from 256 stuck streams). */
 export const MIN_HTTP2_STREAM_WINDOW_BYTES = 64 * 1024;
 /** Default frame size: larger frames measured no gain. */

@@ -29,6 +29,7 @@ import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
   DATA_HIGH_WATER_MARK_BYTES,
+  HTTP2_SESSION_OPEN_STREAM_WINDOW_BUDGET_BYTES,
   HTTP2_SESSION_STREAM_WINDOW_BUDGET_BYTES,
   HTTP2_STREAM_WINDOW_BYTES,
   MIN_DATA_HIGH_WATER_MARK_BYTES,
@@ -80,6 +81,13 @@ interface StreamState {
  * that (with `batchWrites`, a turn's chunks in one). Directions that flow
  * hold little. */
 let backlogged = 0;
+/** Directions whose destination holds more than one read
+ * (`MIN_DATA_HIGH_WATER_MARK_BYTES`) but still takes writes: they count
+ * towards the budget too. Hundreds of connections that start to back up at
+ * once each queued a full mark (1 MiB) before any was paused and counted:
+ * 256 connections into a reader that stopped left 256 MiB queued in the hub
+ * for the exit's streams, whose windows were closed. */
+let queued = 0;
 
 /** The high-water mark a relayed connection's buffers get now: the data
  * path's (≈ 1 MiB moves bigger writes per syscall), or, with more directions
@@ -87,7 +95,7 @@ let backlogged = 0;
  * it. Only backlogged ones count: idle connections beside one transfer do not
  * shrink its buffers. */
 export function dataHighWaterMark(): number {
-  const share = Math.floor(SPLICE_BUFFER_BUDGET_BYTES / (4 * Math.max(1, backlogged)));
+  const share = Math.floor(SPLICE_BUFFER_BUDGET_BYTES / (4 * Math.max(1, backlogged + queued)));
   return Math.max(MIN_DATA_HIGH_WATER_MARK_BYTES, Math.min(DATA_HIGH_WATER_MARK_BYTES, share));
 }
 
@@ -97,10 +105,11 @@ export function backloggedDirections(): number {
 }
 
 /** An HTTP/2 session's backed-up directions (those reading from its
- * streams), and the stream window it has asked its peer for (what it should
- * ask for now is `streamWindowFor(backlogged)`). */
+ * streams), its open data streams, and the stream window it has asked its
+ * peer for (what it should ask for now is `wantedWindow`). */
 interface SessionWindow {
   backlogged: number;
+  open: number;
   /** What the last SETTINGS sent asked for. */
   asked: number;
 }
@@ -121,6 +130,23 @@ export function streamWindowFor(backlogged: number): number {
   return w;
 }
 
+/** The receive window each stream of a session gets with `open` data
+ * streams open in it: any of them may stop reading at any moment (its target
+ * stalls), and streams that stop together have each been sent a window before
+ * the backlog count above can narrow it, so the open ones share
+ * `HTTP2_SESSION_OPEN_STREAM_WINDOW_BUDGET_BYTES`, in halvings, down to
+ * `MIN_HTTP2_STREAM_WINDOW_BYTES`. The session window (8 MiB) bounds what
+ * all of them have in flight anyway, so this costs a session with many
+ * streams busy at once nothing; one transfer beside many idle connections
+ * gets a smaller window, which loopback does not notice and a long link does. */
+export function openStreamWindowFor(open: number): number {
+  let w = HTTP2_STREAM_WINDOW_BYTES;
+  while (w > MIN_HTTP2_STREAM_WINDOW_BYTES && w * open > HTTP2_SESSION_OPEN_STREAM_WINDOW_BUDGET_BYTES) w /= 2;
+  return w;
+}
+
+const wantedWindow = (st: SessionWindow) => Math.min(streamWindowFor(st.backlogged), openStreamWindowFor(st.open));
+
 /** Sessions of this process whose streams' window is narrowed now. */
 export function narrowedSessions(): number {
   return narrowed;
@@ -139,10 +165,16 @@ function sessionOf(s: Duplex): Http2Session | undefined {
  * transfer beside hundreds of stuck streams gets a smaller one too, which
  * loopback does not notice and a long link does. */
 function sessionBacklog(session: Http2Session, delta: number): void {
+  const st = sessionWindows.get(session) ?? (delta > 0 ? windowOf(session) : undefined);
+  if (st === undefined) return;
+  st.backlogged = Math.max(0, st.backlogged + delta);
+  askWindow(session, st);
+}
+
+function windowOf(session: Http2Session): SessionWindow {
   let st = sessionWindows.get(session);
   if (st === undefined) {
-    if (delta < 0) return;
-    st = { backlogged: 0, asked: HTTP2_STREAM_WINDOW_BYTES };
+    st = { backlogged: 0, open: 0, asked: HTTP2_STREAM_WINDOW_BYTES };
     sessionWindows.set(session, st);
     const state = st;
     session.on('localSettings', () => askWindow(session, state));
@@ -151,12 +183,29 @@ function sessionBacklog(session: Http2Session, delta: number): void {
       state.asked = HTTP2_STREAM_WINDOW_BYTES;
     });
   }
-  st.backlogged = Math.max(0, st.backlogged + delta);
+  return st;
+}
+
+const countedOpen = new WeakSet<Duplex>();
+
+/** Count an HTTP/2 stream among its session's open data streams until it
+ * closes (`openStreamWindowFor`); anything else, or a stream counted
+ * already, is left alone. The splices and early pumps count theirs. */
+export function countOpenStream(s: Duplex): void {
+  const session = sessionOf(s);
+  if (session === undefined || countedOpen.has(s) || s.destroyed || (s as Duplex & { closed?: boolean }).closed === true) return;
+  countedOpen.add(s);
+  const st = windowOf(session);
+  st.open++;
   askWindow(session, st);
+  s.once('close', () => {
+    st.open--;
+    askWindow(session, st);
+  });
 }
 
 function askWindow(session: Http2Session, st: SessionWindow): void {
-  const wanted = streamWindowFor(st.backlogged);
+  const wanted = wantedWindow(st);
   if (wanted === st.asked || session.destroyed || session.closed || session.pendingSettingsAck) return;
   try {
     session.settings({ initialWindowSize: wanted });
@@ -243,8 +292,18 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   // its session's backlog, for a stream: taken now, a destroyed stream no
   // longer names its session).
   let waiting = false;
+  // Counted in `queued`: its destination held more than one read after a
+  // write it took (looked at again on each chunk, and when it drains).
+  let deep = false;
+  let tuned = 0;
   const session = sessionOf(src);
+  const shallow = () => {
+    if (!deep) return;
+    deep = false;
+    queued--;
+  };
   const settle = () => {
+    shallow();
     if (!waiting) return;
     waiting = false;
     backlogged--;
@@ -263,6 +322,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
     }
     if (!dst.write(c)) {
       src.pause();
+      shallow();
       if (!waiting) {
         waiting = true;
         backlogged++;
@@ -272,7 +332,19 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
       const hwm = dataHighWaterMark();
       tuneDataStream(src, hwm);
       tuneDataStream(dst, hwm);
-    }
+    } else if (dst.writableLength > MIN_DATA_HIGH_WATER_MARK_BYTES) {
+      if (!deep) {
+        deep = true;
+        queued++;
+      }
+      // Its share now, which shrinks as others fill at the same time.
+      const hwm = dataHighWaterMark();
+      if (hwm !== tuned) {
+        tuned = hwm;
+        tuneDataStream(src, hwm);
+        tuneDataStream(dst, hwm);
+      }
+    } else shallow();
   });
   dst.on('drain', onDrain);
   const onEnd = () => {
@@ -312,6 +384,8 @@ export interface EarlyPump {
 }
 
 export function earlyPump(src: Duplex, dst: Duplex, opts: { keep?: number; replay?: readonly Buffer[] } = {}): EarlyPump {
+  countOpenStream(src);
+  countOpenStream(dst);
   const kept: Buffer[] = [];
   let keptBytes = 0;
   for (const c of opts.replay ?? []) {
@@ -403,6 +477,8 @@ export function splice(a: SpliceSide, b: SpliceSide, onDone: (r: SpliceResult) =
   const batch = opts.batchWrites ?? false;
   tuneDataStream(a.stream);
   tuneDataStream(b.stream);
+  countOpenStream(a.stream);
+  countOpenStream(b.stream);
   // The pumps' 'end' listeners go first: one that sees a destroyed stream must
   // decide (reset) before the done-check runs.
   settle.push(

@@ -19,9 +19,11 @@ import {
   SPLICE_BUFFER_BUDGET_BYTES,
   type SpliceResult,
   backloggedDirections,
+  countOpenStream,
   dataHighWaterMark,
   http2SessionOptions,
   narrowedSessions,
+  openStreamWindowFor,
   splice,
   streamWindowFor,
   tuneDataStream,
@@ -188,6 +190,27 @@ t.test('many connections whose readers stopped share one buffer budget; idle one
   t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES);
   for (const s of idlePairs) s.destroy();
   await Promise.all(idle);
+});
+
+t.test('connections that back up at the same time share the budget as they fill', async (t) => {
+  const MiB = 1024 * 1024;
+  t.equal(backloggedDirections(), 0, 'nothing backlogged to begin with');
+  // 128 at once: each direction's destination fills at the same time as the
+  // others'. Counted only once paused, each would queue its full 1 MiB mark
+  // first and read 1 MiB ahead (≈ 256 MiB).
+  const done: Promise<unknown>[] = [];
+  const pairs = [];
+  for (let i = 0; i < 128; i++) pairs.push(stuckSplice(done));
+  await waitFor(() => backloggedDirections() === 128, { intervalMs: 10, what: 'every direction backed up' });
+  const total = held(pairs);
+  t.ok(total < 112 * MiB, `128 connections that backed up together hold ${(total / MiB).toFixed(1)} MiB (counted only once paused: ≈ 160)`);
+  for (const p of pairs) {
+    p.src.destroy();
+    p.dst.destroy();
+  }
+  await Promise.all(done);
+  t.equal(backloggedDirections(), 0, 'finished splices give their share back');
+  t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES, 'the full mark again');
 });
 
 /** An h2c server with the sessions' options whose every stream is spliced
@@ -358,6 +381,69 @@ t.test('streams of a narrowed session deliver every byte once their readers resu
   t.equal(h2.window(), HTTP2_STREAM_WINDOW_BYTES, 'and asks for the full window again');
   t.equal(narrowedSessions(), 0);
   h2.close();
+});
+
+t.test('many open streams of one HTTP/2 session narrow its stream window before any backs up', async (t) => {
+  const KiB = 1024;
+  const MiB = 1024 * KiB;
+  const N = 128;
+  t.equal(openStreamWindowFor(32), HTTP2_STREAM_WINDOW_BYTES, '32 open streams keep the full window');
+  t.equal(openStreamWindowFor(33), 512 * KiB);
+  t.equal(openStreamWindowFor(N), 256 * KiB);
+  t.equal(openStreamWindowFor(1024), 64 * KiB);
+  // Streams that stop together (one target stalling under many connections)
+  // have each been sent a window before the backlog count narrows it, so the
+  // open ones share a budget from the start. Each stream here is counted as
+  // it arrives, as the hub and the agents count theirs, and spliced into a
+  // TCP pair whose far end echoes.
+  const server = http2.createServer(http2SessionOptions);
+  let serverSession: http2.ServerHttp2Session | undefined;
+  server.on('session', (s) => {
+    serverSession = s;
+  });
+  const spliced: Promise<SpliceResult>[] = [];
+  const pairs: net.Socket[] = [];
+  server.on('stream', (s) => {
+    countOpenStream(s);
+    s.respond({ ':status': 200 });
+    void socketPair().then(([x, y]) => {
+      pairs.push(x, y);
+      y.pipe(y);
+      spliced.push(new Promise((r) => splice({ stream: s, reset: () => s.close(http2.constants.NGHTTP2_CANCEL) }, { stream: x, reset: () => x.destroy() }, r)));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const session = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, http2SessionOptions);
+  const window = () => serverSession?.localSettings.initialWindowSize;
+  const idle: http2.ClientHttp2Stream[] = [];
+  for (let i = 0; i < N; i++) {
+    const req = session.request({ ':path': '/', ':method': 'POST' });
+    req.on('error', () => {});
+    idle.push(req);
+  }
+  await waitFor(() => window() === 256 * KiB, { intervalMs: 10, what: 'the narrower window acknowledged' }).catch(() => {});
+  t.equal(window(), 256 * KiB, `${N} open streams, none backed up: the session asked for a quarter of the window`);
+  t.equal(backloggedDirections(), 0, 'no direction backed up');
+  t.equal(narrowedSessions(), 1);
+  // One more stream moves 8 MiB there and back through the narrowed session.
+  const req = session.request({ ':path': '/', ':method': 'POST' });
+  const data = randomBytes(8 * MiB);
+  const back: Buffer[] = [];
+  req.on('data', (c: Buffer) => back.push(c));
+  const ended = new Promise((r) => req.once('end', r));
+  req.end(data);
+  await ended;
+  t.equal(sha(back), sha([data]), 'a transfer beside them arrives whole through the narrowed window');
+  // They go: the full window again.
+  const widened = new Promise((r) => serverSession?.on('localSettings', (st) => st.initialWindowSize === HTTP2_STREAM_WINDOW_BYTES && r(st)));
+  for (const r of idle) r.close(http2.constants.NGHTTP2_CANCEL);
+  await Promise.race([widened, new Promise((r) => setTimeout(r, 5000))]);
+  t.equal(window(), HTTP2_STREAM_WINDOW_BYTES, 'the full window again once they go');
+  t.equal(narrowedSessions(), 0);
+  for (const p of pairs) p.destroy();
+  await Promise.all(spliced);
+  session.close();
+  server.close();
 });
 
 t.test('HTTP/2 streams get the data high-water marks', async (t) => {
