@@ -68,23 +68,32 @@ t.test('1 GiB into a slow reader keeps memory bounded', async (t) => {
   }
 });
 
-t.test('many connections into a stopped reader share the buffer budget, and give it back', async (t) => {
-  const exitMetrics = await freePort();
+/** A mesh whose hub serves metrics, a reader that accepts and never reads
+ * (its sockets in `stopped`), and a tunnel into it listening on `port`. */
+async function stoppedReaderMesh(t: Parameters<typeof startMesh>[0], name: string) {
   const hubMetrics = await freePort();
   const m = await startMesh(t, ['entry', 'exit'], { serveArgs: ['--metrics', `127.0.0.1:${hubMetrics}`] });
-  await m.agents.exit!.restart(['--metrics', `127.0.0.1:${exitMetrics}`]);
   const stopped: net.Socket[] = [];
   const reader = await tcpServer(t, (s) => {
     s.pause();
     stopped.push(s);
   });
   const port = await freePort();
-  await openTunnel(m, 'entry', 'exit', 'tcp/stuck', reader.port, port);
-  const gauge = async (at: number, name: string) => {
-    const text = await (await fetch(`http://127.0.0.1:${at}/metrics`)).text();
-    const v = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
-    return v ? Number(v[1]) : Number.NaN;
-  };
+  await openTunnel(m, 'entry', 'exit', name, reader.port, port);
+  return { m, hubMetrics, stopped, port };
+}
+
+/** A gauge's value from a daemon's /metrics (its first series). */
+async function gauge(at: number, name: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${at}/metrics`)).text();
+  const v = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text);
+  return v ? Number(v[1]) : Number.NaN;
+}
+
+t.test('many connections into a stopped reader share the buffer budget, and give it back', async (t) => {
+  const { m, hubMetrics, stopped, port } = await stoppedReaderMesh(t, 'tcp/stuck');
+  const exitMetrics = await freePort();
+  await m.agents.exit!.restart(['--metrics', `127.0.0.1:${exitMetrics}`]);
   t.equal(await gauge(exitMetrics, 'ztm_agent_relay_backlogged_directions'), 0, 'nothing backed up to begin with');
   t.equal(await gauge(exitMetrics, 'ztm_agent_relay_buffer_mark_bytes'), 1024 * 1024, 'the full mark');
 
@@ -136,22 +145,9 @@ t.test('many connections into a stopped reader share the buffer budget, and give
 });
 
 t.test('hundreds of connections at once into a stopped reader: the hub holds a budget, not a window each', async (t) => {
-  const hubMetrics = await freePort();
-  const m = await startMesh(t, ['entry', 'exit'], { serveArgs: ['--metrics', `127.0.0.1:${hubMetrics}`] });
-  const stopped: net.Socket[] = [];
-  const reader = await tcpServer(t, (s) => {
-    s.pause();
-    stopped.push(s);
-  });
-  const port = await freePort();
-  await openTunnel(m, 'entry', 'exit', 'tcp/stuck-many', reader.port, port);
-  const gauge = async (name: string) => {
-    const text = await (await fetch(`http://127.0.0.1:${hubMetrics}/metrics`)).text();
-    const v = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text);
-    return v ? Number(v[1]) : Number.NaN;
-  };
+  const { hubMetrics, stopped, port } = await stoppedReaderMesh(t, 'tcp/stuck-many');
   const MiB = 1024 * 1024;
-  const before = await gauge('ztm_hub_process_nodejs_external_memory_bytes');
+  const before = await gauge(hubMetrics, 'ztm_hub_process_nodejs_external_memory_bytes');
   t.ok(before > 0, 'the hub exports its external memory');
 
   // Each client writes as soon as it is connected, until the tunnel stops
@@ -181,15 +177,15 @@ t.test('hundreds of connections at once into a stopped reader: the hub holds a b
     if (taken === last) break;
     last = taken;
   }
-  const held = (await gauge('ztm_hub_process_nodejs_external_memory_bytes')) - before;
-  t.ok((await gauge('ztm_hub_relay_narrowed_sessions')) >= 1, 'the hub narrowed the stream window of a session with that many open');
+  const held = (await gauge(hubMetrics, 'ztm_hub_process_nodejs_external_memory_bytes')) - before;
+  t.ok((await gauge(hubMetrics, 'ztm_hub_relay_narrowed_sessions')) >= 1, 'the hub narrowed the stream window of a session with that many open');
   // A stream window (1 MiB) each would be ≈ 300 MiB; a share of the 64 MiB
   // budget of open streams per session, and of the 32 MiB buffer budget.
   t.ok(held < 128 * MiB, `the hub holds ${(held / MiB).toFixed(1)} MiB for ${CLIENTS} stuck connections (${(last / MiB).toFixed(0)} MiB taken in)`);
 
   for (const c of clients) c.destroy();
   for (const s of stopped) s.destroy();
-  await waitFor(async () => (await gauge('ztm_hub_relay_narrowed_sessions')) === 0, {
+  await waitFor(async () => (await gauge(hubMetrics, 'ztm_hub_relay_narrowed_sessions')) === 0, {
     timeoutMs: 30_000,
     what: 'the hub asked for the full window again',
   });
