@@ -190,7 +190,11 @@ const countedOpen = new WeakSet<Duplex>();
 
 /** Count an HTTP/2 stream among its session's open data streams until it
  * closes (`openStreamWindowFor`); anything else, or a stream counted
- * already, is left alone. The splices and early pumps count theirs. */
+ * already, is left alone. The splices and early pumps count theirs: the
+ * hub's as soon as it has an exit's stream to pump an entrance's into
+ * (moments after it arrives), an exit's once its target has accepted (the
+ * hub sends it at most `EARLY_REPLAY_BYTES` before the answer). Counting
+ * costs a connection a few map operations and a listener. */
 export function countOpenStream(s: Duplex): void {
   const session = sessionOf(s);
   if (session === undefined || countedOpen.has(s) || s.destroyed || (s as Duplex & { closed?: boolean }).closed === true) return;
@@ -198,7 +202,8 @@ export function countOpenStream(s: Duplex): void {
   const st = windowOf(session);
   st.open++;
   askWindow(session, st);
-  s.once('close', () => {
+  // 'close' comes once; `on` spares the wrapper `once` makes per stream.
+  s.on('close', () => {
     st.open--;
     askWindow(session, st);
   });

@@ -18,7 +18,6 @@ import {
   earlyPump,
   respondError,
   splice,
-  countOpenStream,
   tuneDataStream,
   tunnelPath,
 } from '@ztm/proto';
@@ -154,8 +153,6 @@ export function connectTarget(targets: readonly HostPort[], start: number, signa
 
 export function serveTcpExit(end: OutboundEnd, stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rr: number, stats: EndStats, log: Logger): void {
   const source = String(headers[Headers.sourceEndpoint] ?? '');
-  // Open from now: its window is sent before the target has accepted.
-  countOpenStream(stream);
   const signal = { aborted: false };
   stream.once('close', () => {
     signal.aborted = true;

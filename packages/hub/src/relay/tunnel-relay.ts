@@ -13,7 +13,6 @@ import {
   EARLY_REPLAY_BYTES,
   type TunnelId,
   ZtmError,
-  countOpenStream,
   earlyPump,
   fromWire,
   readJsonBody,
@@ -43,9 +42,6 @@ export async function relayConnection(
   headers: IncomingHttpHeaders,
   tunnel: TunnelId,
 ): Promise<void> {
-  // Open from now: the entrance sends up to a window on it while an exit is
-  // found and answers.
-  countOpenStream(inbound);
   const key = tunnelKey(tunnel);
   const pinned = String(headers[Headers.exits] ?? '')
     .split(',')
