@@ -294,7 +294,9 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   // longer names its session).
   let waiting = false;
   // Counted in `queued`: its destination held more than one read after a
-  // write it took (looked at again on each chunk, and when it drains).
+  // write it took (looked at again on each chunk, and as each write
+  // completes: a source that went quiet, a connection kept open after a
+  // transfer, must not stay counted once its destination has drained).
   let deep = false;
   let tuned = 0;
   const session = sessionOf(src);
@@ -302,6 +304,9 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
     if (!deep) return;
     deep = false;
     queued--;
+  };
+  const onWritten = () => {
+    if (deep && dst.writableLength <= MIN_DATA_HIGH_WATER_MARK_BYTES) shallow();
   };
   const settle = () => {
     shallow();
@@ -321,7 +326,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
       dst.cork();
       setImmediate(uncork);
     }
-    if (!dst.write(c)) {
+    if (!dst.write(c, onWritten)) {
       src.pause();
       shallow();
       if (!waiting) {

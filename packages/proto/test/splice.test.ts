@@ -212,6 +212,32 @@ t.test('connections that back up at the same time share the budget as they fill'
   t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES, 'the full mark again');
 });
 
+t.test('a destination that drains after its source went quiet stops counting towards the budget', async (t) => {
+  const KiB = 1024;
+  // 40 connections each send 256 KiB and then stay open and quiet (a
+  // keep-alive connection after a response); their destinations take 50 ms
+  // to write each chunk. While the chunks wait, each counts (the marks
+  // shrink); once written, none does.
+  const done: Promise<unknown>[] = [];
+  const pairs: { src: Duplex; dst: Duplex }[] = [];
+  for (let i = 0; i < 40; i++) {
+    const src = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
+    const dst = new Duplex({ read() {}, write: (_c, _e, cb) => setTimeout(cb, 50) });
+    done.push(new Promise((r) => splice({ stream: src, reset: () => src.destroy() }, { stream: dst, reset: () => dst.destroy() }, r)));
+    for (let k = 0; k < 4; k++) src.push(Buffer.alloc(64 * KiB));
+    pairs.push({ src, dst });
+  }
+  await waitFor(() => pairs.every((p) => p.dst.writableLength > 64 * KiB), { intervalMs: 5, what: 'every destination queued' });
+  t.ok(dataHighWaterMark() < DATA_HIGH_WATER_MARK_BYTES, `40 queued destinations share the budget: ${(dataHighWaterMark() / KiB).toFixed(0)} KiB marks`);
+  await waitFor(() => pairs.every((p) => p.dst.writableLength === 0), { intervalMs: 10, what: 'every destination drained' });
+  t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES, 'drained and quiet: the full mark again, with the connections still open');
+  for (const p of pairs) {
+    p.src.destroy();
+    p.dst.destroy();
+  }
+  await Promise.all(done);
+});
+
 /** An h2c server with the sessions' options whose every stream is spliced
  * into a TCP pair whose far end starts paused (a reader that stopped), and a
  * client session to it. `onStream` gets each stream, its near and far end. */
