@@ -88,6 +88,9 @@ let backlogged = 0;
  * 256 connections into a reader that stopped left 256 MiB queued in the hub
  * for the exit's streams, whose windows were closed. */
 let queued = 0;
+/** How often a direction counted in `queued` looks whether its destination
+ * has drained (its source may have gone quiet). */
+const DEEP_LOOK_MS = 100;
 
 /** The high-water mark a relayed connection's buffers get now: the data
  * path's (≈ 1 MiB moves bigger writes per syscall), or, with more directions
@@ -294,22 +297,29 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   // longer names its session).
   let waiting = false;
   // Counted in `queued`: its destination held more than one read after a
-  // write it took (looked at again on each chunk, and as each write
-  // completes: a source that went quiet, a connection kept open after a
-  // transfer, must not stay counted once its destination has drained).
+  // write it took. Looked at again on each chunk, and every
+  // `DEEP_LOOK_MS` while counted: a source that went quiet (a connection
+  // kept open after a transfer) must not stay counted once its destination
+  // has drained. A timer per counted direction, not a callback per write
+  // (which cost a transfer CPU).
   let deep = false;
   let tuned = 0;
+  let looking: NodeJS.Timeout | undefined;
   const session = sessionOf(src);
   const shallow = () => {
     if (!deep) return;
     deep = false;
     queued--;
   };
-  const onWritten = () => {
-    if (deep && dst.writableLength <= MIN_DATA_HIGH_WATER_MARK_BYTES) shallow();
+  const look = () => {
+    looking = undefined;
+    if (!deep) return;
+    if (dst.writableLength <= MIN_DATA_HIGH_WATER_MARK_BYTES) shallow();
+    else looking = setTimeout(look, DEEP_LOOK_MS).unref();
   };
   const settle = () => {
     shallow();
+    if (looking !== undefined) clearTimeout(looking);
     if (!waiting) return;
     waiting = false;
     backlogged--;
@@ -326,7 +336,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
       dst.cork();
       setImmediate(uncork);
     }
-    if (!dst.write(c, onWritten)) {
+    if (!dst.write(c)) {
       src.pause();
       shallow();
       if (!waiting) {
@@ -342,6 +352,7 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
       if (!deep) {
         deep = true;
         queued++;
+        looking ??= setTimeout(look, DEEP_LOOK_MS).unref();
       }
       // Its share now, which shrinks as others fill at the same time.
       const hwm = dataHighWaterMark();
