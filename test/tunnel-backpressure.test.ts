@@ -83,6 +83,27 @@ async function stoppedReaderMesh(t: Parameters<typeof startMesh>[0], name: strin
   return { m, hubMetrics, stopped, port };
 }
 
+/** `n` clients, one after another, each writing as soon as it is connected
+ * until the tunnel stops taking (at most 64 MiB each). */
+async function pushingClients(port: number, n: number): Promise<net.Socket[]> {
+  const chunk = Buffer.alloc(1024 * 1024, 0x61);
+  const clients: net.Socket[] = [];
+  for (let i = 0; i < n; i++) {
+    const c = await connect(port);
+    c.on('error', () => {});
+    clients.push(c);
+    let sent = 0;
+    const more = () => {
+      while (sent < 64 * chunk.length && !c.destroyed) {
+        sent += chunk.length;
+        if (!c.write(chunk)) return void c.once('drain', more);
+      }
+    };
+    more();
+  }
+  return clients;
+}
+
 /** A gauge's value from a daemon's /metrics (its first series). */
 async function gauge(at: number, name: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${at}/metrics`)).text();
@@ -99,21 +120,7 @@ t.test('many connections into a stopped reader share the buffer budget, and give
 
   // 20 clients write until the tunnel stops taking (at most 64 MiB each).
   const CLIENTS = 20;
-  const chunk = Buffer.alloc(1024 * 1024, 0x61);
-  const clients: net.Socket[] = [];
-  for (let i = 0; i < CLIENTS; i++) {
-    const c = await connect(port);
-    c.on('error', () => {});
-    clients.push(c);
-    let sent = 0;
-    const more = () => {
-      while (sent < 64 * 1024 * 1024 && !c.destroyed) {
-        sent += chunk.length;
-        if (!c.write(chunk)) return void c.once('drain', more);
-      }
-    };
-    more();
-  }
+  const clients = await pushingClients(port, CLIENTS);
   // The exit's side to the reader backs up first, one direction per connection.
   const backlogged = await waitFor(
     async () => {
@@ -154,21 +161,7 @@ t.test('hundreds of connections at once into a stopped reader: the hub holds a b
   // taking (at most 64 MiB each): the first are backing up while the last
   // arrive.
   const CLIENTS = 256;
-  const clients: net.Socket[] = [];
-  const chunk = Buffer.alloc(MiB, 0x61);
-  for (let i = 0; i < CLIENTS; i++) {
-    const c = await connect(port);
-    c.on('error', () => {});
-    clients.push(c);
-    let sent = 0;
-    const more = () => {
-      while (sent < 64 * MiB && !c.destroyed) {
-        sent += chunk.length;
-        if (!c.write(chunk)) return void c.once('drain', more);
-      }
-    };
-    more();
-  }
+  const clients = await pushingClients(port, CLIENTS);
   // Until nothing more is taken in.
   let last = -1;
   for (let i = 0; i < 60; i++) {
