@@ -52,7 +52,7 @@ export const HTTP2_MAX_HEADER_LIST_BYTES = 16 * 1024;
 export const DATA_HIGH_WATER_MARK_BYTES = 1024 * 1024;
 
 /** What the relayed connections of one process may hold in their buffers
- * together when their destinations are full (splice.ts): up to 8 such
+ * together when their destinations are full or deeply queued (splice.ts): up to 8 such
  * directions (iperf3 -P 8) get `DATA_HIGH_WATER_MARK_BYTES` each, more share
  * this, down to `MIN_DATA_HIGH_WATER_MARK_BYTES`. Without it 64 connections
  * pushing through the mesh grew the entrance by 215 MiB, 128 by 370; with

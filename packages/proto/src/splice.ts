@@ -6,8 +6,10 @@
  *   nothing is buffered beyond the destination's high-water mark
  *   (`DATA_HIGH_WATER_MARK_BYTES`, set here on HTTP/2 streams too, whose
  *   constructor takes none) and the HTTP/2 flow-control windows. Past 8
- *   directions with full destinations in one process, each takes a share of
- *   `SPLICE_BUFFER_BUDGET_BYTES` instead (`dataHighWaterMark`).
+ *   directions with full or deeply queued destinations in one process, each
+ *   takes a share of `SPLICE_BUFFER_BUDGET_BYTES` instead
+ *   (`dataHighWaterMark`); an HTTP/2 session with many streams spliced or
+ *   backed up asks its peer for narrower stream windows (`askWindow`).
  * - Write batching (`batchWrites`): a chunk of bulk size corks the destination
  *   and a `setImmediate` uncorks it, so the chunks that arrive in the rest of
  *   that event-loop turn leave in one writev instead of one write(2) each
@@ -94,8 +96,8 @@ const DEEP_LOOK_MS = 100;
 
 /** The high-water mark a relayed connection's buffers get now: the data
  * path's (≈ 1 MiB moves bigger writes per syscall), or, with more directions
- * backlogged than that fits in `SPLICE_BUFFER_BUDGET_BYTES`, their share of
- * it. Only backlogged ones count: idle connections beside one transfer do not
+ * backlogged or queued than that fits in `SPLICE_BUFFER_BUDGET_BYTES`, their
+ * share of it. Only those count: idle connections beside one transfer do not
  * shrink its buffers. */
 export function dataHighWaterMark(): number {
   const share = Math.floor(SPLICE_BUFFER_BUDGET_BYTES / (4 * Math.max(1, backlogged + queued)));
@@ -303,13 +305,20 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   // has drained. A timer per counted direction, not a callback per write
   // (which cost a transfer CPU).
   let deep = false;
-  let tuned = 0;
   let looking: NodeJS.Timeout | undefined;
   const session = sessionOf(src);
   const shallow = () => {
     if (!deep) return;
     deep = false;
     queued--;
+  };
+  // This connection's share, now: what it reads ahead and queues next (the
+  // other direction tunes the same two streams).
+  const retune = () => {
+    const hwm = dataHighWaterMark();
+    if (src.readableHighWaterMark === hwm && dst.writableHighWaterMark === hwm) return;
+    tuneDataStream(src, hwm);
+    tuneDataStream(dst, hwm);
   };
   const look = () => {
     looking = undefined;
@@ -344,23 +353,15 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
         backlogged++;
         if (session !== undefined) sessionBacklog(session, 1);
       }
-      // This connection's share, now: what it reads ahead and queues next.
-      const hwm = dataHighWaterMark();
-      tuneDataStream(src, hwm);
-      tuneDataStream(dst, hwm);
+      retune();
     } else if (dst.writableLength > MIN_DATA_HIGH_WATER_MARK_BYTES) {
       if (!deep) {
         deep = true;
         queued++;
         looking ??= setTimeout(look, DEEP_LOOK_MS).unref();
       }
-      // Its share now, which shrinks as others fill at the same time.
-      const hwm = dataHighWaterMark();
-      if (hwm !== tuned) {
-        tuned = hwm;
-        tuneDataStream(src, hwm);
-        tuneDataStream(dst, hwm);
-      }
+      // Its share shrinks as others fill at the same time.
+      retune();
     } else shallow();
   });
   dst.on('drain', onDrain);
