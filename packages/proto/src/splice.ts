@@ -328,7 +328,8 @@ function pump(src: Duplex, dst: Duplex, batch: boolean, count: (n: number) => vo
   };
   const settle = () => {
     shallow();
-    if (looking !== undefined) clearTimeout(looking);
+    clearTimeout(looking);
+    looking = undefined;
     if (!waiting) return;
     waiting = false;
     backlogged--;

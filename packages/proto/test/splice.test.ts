@@ -238,6 +238,33 @@ t.test('a destination that drains after its source went quiet stops counting tow
   await Promise.all(done);
 });
 
+t.test('a destination that backed up, drained, queued again and drained after its source went quiet stops counting', async (t) => {
+  const KiB = 1024;
+  // As above, but each first sends more than its mark takes, so it waits for
+  // a drain once before the chunks it sends and then goes quiet with.
+  const done: Promise<unknown>[] = [];
+  const pairs: { src: Duplex; dst: Duplex }[] = [];
+  for (let i = 0; i < 40; i++) {
+    const src = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
+    const dst = new Duplex({ read() {}, write: (_c, _e, cb) => setTimeout(cb, 20) });
+    done.push(new Promise((r) => splice({ stream: src, reset: () => src.destroy() }, { stream: dst, reset: () => dst.destroy() }, r)));
+    for (let k = 0; k < 24; k++) src.push(Buffer.alloc(64 * KiB));
+    pairs.push({ src, dst });
+  }
+  await waitFor(() => backloggedDirections() === 40, { intervalMs: 5, what: 'every direction waited on its destination' });
+  await waitFor(() => pairs.every((p) => p.dst.writableLength === 0 && p.src.readableLength === 0), { timeoutMs: 20_000, what: 'every destination drained' });
+  t.equal(backloggedDirections(), 0, 'none waits any more');
+  for (const p of pairs) for (let k = 0; k < 4; k++) p.src.push(Buffer.alloc(64 * KiB));
+  await waitFor(() => pairs.every((p) => p.dst.writableLength === 0), { intervalMs: 10, what: 'every destination drained again' });
+  await waitFor(() => dataHighWaterMark() === DATA_HIGH_WATER_MARK_BYTES, { timeoutMs: 2000 }).catch(() => {});
+  t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES, 'drained and quiet: the full mark again');
+  for (const p of pairs) {
+    p.src.destroy();
+    p.dst.destroy();
+  }
+  await Promise.all(done);
+});
+
 /** An h2c server with the sessions' options whose every stream is spliced
  * into a TCP pair whose far end starts paused (a reader that stopped), and a
  * client session to it. `onStream` gets each stream, its near and far end. */
