@@ -93,39 +93,19 @@ t.test('a destination that drains after its source went quiet stops counting tow
   // keep-alive connection after a response); their destinations take 50 ms
   // to write each chunk. While the chunks wait, each counts (the marks
   // shrink); once written, none does.
-  const done: Promise<unknown>[] = [];
-  const pairs: { src: Duplex; dst: Duplex }[] = [];
-  for (let i = 0; i < 40; i++) {
-    const src = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
-    const dst = new Duplex({ read() {}, write: (_c, _e, cb) => setTimeout(cb, 50) });
-    done.push(new Promise((r) => splice({ stream: src, reset: () => src.destroy() }, { stream: dst, reset: () => dst.destroy() }, r)));
-    for (let k = 0; k < 4; k++) src.push(Buffer.alloc(64 * KiB));
-    pairs.push({ src, dst });
-  }
+  const { done, pairs } = slowSplices(40, 50, 4);
   await waitFor(() => pairs.every((p) => p.dst.writableLength > 64 * KiB), { intervalMs: 5, what: 'every destination queued' });
   t.ok(dataHighWaterMark() < DATA_HIGH_WATER_MARK_BYTES, `40 queued destinations share the budget: ${(dataHighWaterMark() / KiB).toFixed(0)} KiB marks`);
   await waitFor(() => pairs.every((p) => p.dst.writableLength === 0), { intervalMs: 10, what: 'every destination drained' });
   t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES, 'drained and quiet: the full mark again, with the connections still open');
-  for (const p of pairs) {
-    p.src.destroy();
-    p.dst.destroy();
-  }
-  await Promise.all(done);
+  await closeAll(pairs, done);
 });
 
 t.test('a destination that backed up, drained, queued again and drained after its source went quiet stops counting', async (t) => {
   const KiB = 1024;
   // As above, but each first sends more than its mark takes, so it waits for
   // a drain once before the chunks it sends and then goes quiet with.
-  const done: Promise<unknown>[] = [];
-  const pairs: { src: Duplex; dst: Duplex }[] = [];
-  for (let i = 0; i < 40; i++) {
-    const src = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
-    const dst = new Duplex({ read() {}, write: (_c, _e, cb) => setTimeout(cb, 20) });
-    done.push(new Promise((r) => splice({ stream: src, reset: () => src.destroy() }, { stream: dst, reset: () => dst.destroy() }, r)));
-    for (let k = 0; k < 24; k++) src.push(Buffer.alloc(64 * KiB));
-    pairs.push({ src, dst });
-  }
+  const { done, pairs } = slowSplices(40, 20, 24);
   await waitFor(() => backloggedDirections() === 40, { intervalMs: 5, what: 'every direction waited on its destination' });
   await waitFor(() => pairs.every((p) => p.dst.writableLength === 0 && p.src.readableLength === 0), { timeoutMs: 20_000, what: 'every destination drained' });
   t.equal(backloggedDirections(), 0, 'none waits any more');
@@ -133,9 +113,29 @@ t.test('a destination that backed up, drained, queued again and drained after it
   await waitFor(() => pairs.every((p) => p.dst.writableLength === 0), { intervalMs: 10, what: 'every destination drained again' });
   await waitFor(() => dataHighWaterMark() === DATA_HIGH_WATER_MARK_BYTES, { timeoutMs: 2000 }).catch(() => {});
   t.equal(dataHighWaterMark(), DATA_HIGH_WATER_MARK_BYTES, 'drained and quiet: the full mark again');
+  await closeAll(pairs, done);
+});
+
+/** `n` splices from a source that has `chunks` × 64 KiB to give and then
+ * stays open and quiet, into a destination that takes `delayMs` to write
+ * each chunk. */
+function slowSplices(n: number, delayMs: number, chunks: number) {
+  const done: Promise<unknown>[] = [];
+  const pairs: { src: Duplex; dst: Duplex }[] = [];
+  for (let i = 0; i < n; i++) {
+    const src = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
+    const dst = new Duplex({ read() {}, write: (_c, _e, cb) => setTimeout(cb, delayMs) });
+    done.push(new Promise((r) => splice({ stream: src, reset: () => src.destroy() }, { stream: dst, reset: () => dst.destroy() }, r)));
+    for (let k = 0; k < chunks; k++) src.push(Buffer.alloc(64 * 1024));
+    pairs.push({ src, dst });
+  }
+  return { done, pairs };
+}
+
+async function closeAll(pairs: { src: Duplex; dst: Duplex }[], done: Promise<unknown>[]) {
   for (const p of pairs) {
     p.src.destroy();
     p.dst.destroy();
   }
   await Promise.all(done);
-});
+}
