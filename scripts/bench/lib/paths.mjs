@@ -424,16 +424,18 @@ export async function node3(targets) {
   const hops = { entry: [], relay: [], exit: [] };
   const ports = {};
   const portsTcp = {};
+  const portsH2 = {};
   for (const t of TARGETS) {
-    for (const [tls, into] of [
-      [true, ports],
-      [false, portsTcp],
+    for (const [tls, into, h2] of [
+      [true, ports, false],
+      [false, portsTcp, false],
+      [true, portsH2, true],
     ]) {
       const [l, mid, x] = [await freePort(), await freePort(), await freePort()];
       into[t] = l;
-      hops.entry.push({ accept: l, connect: mid, tlsIn: false, tlsOut: tls });
-      hops.relay.push({ accept: mid, connect: x, tlsIn: tls, tlsOut: tls });
-      hops.exit.push({ accept: x, connect: targetPorts[t], tlsIn: tls, tlsOut: false });
+      hops.entry.push({ accept: l, connect: mid, tlsIn: false, tlsOut: tls, h2Out: h2 });
+      hops.relay.push({ accept: mid, connect: x, tlsIn: tls, tlsOut: tls, h2In: h2, h2Out: h2 });
+      hops.exit.push({ accept: x, connect: targetPorts[t], tlsIn: tls, tlsOut: false, h2In: h2 });
     }
   }
   const script = join(ROOT, 'scripts/bench/node-relay.mjs');
@@ -446,19 +448,35 @@ export async function node3(targets) {
   }
   await probeEcho(ports.echo);
   await probeEcho(portsTcp.echo);
+  await probeEcho(portsH2.echo);
   const roles = { entry: procs.entry.pid, relay: procs.relay.pid, exit: procs.exit.pid };
+  // The three variants share the processes: whichever is stopped first (the
+  // caller may keep only some of them) stops them all.
+  let stopped;
+  const stopAll = () => {
+    stopped ??= (async () => {
+      for (const h of Object.values(procs)) await stop(h);
+      await stop(ip.h);
+    })();
+    return stopped;
+  };
   return [
     {
       name: 'node3',
       ports,
       roles,
       notes: 'three Node processes, socket.pipe() only: entry → (TLS) relay → (TLS) exit → target; the floor of a 3-process Node relay with TLS',
-      async stop() {
-        for (const h of Object.values(procs)) await stop(h);
-        await stop(ip.h);
-      },
+      stop: stopAll,
     },
-    { name: 'node3tcp', ports: portsTcp, roles, notes: 'the same three Node processes, plain TCP on both hops', stop: async () => {} },
+    { name: 'node3tcp', ports: portsTcp, roles, notes: 'the same three Node processes, plain TCP on both hops', stop: stopAll },
+    {
+      name: 'node3h2',
+      ports: portsH2,
+      roles,
+      notes:
+        "the same three Node processes, each connection a stream of one HTTP/2 session per hop (TLS, ztm's settings and marks): the floor of a 3-process Node relay that multiplexes",
+      stop: stopAll,
+    },
   ];
 }
 
