@@ -162,8 +162,11 @@ export async function initHub({ tag, base, names, mesh = 'bench', nodeArgs = [],
 
 /** A hub, entry agent A and exit agent B through the real CLIs, tunnels
  * tcp/bench-iperf, tcp/bench-echo, tcp/bench-sink. `nodeArgs` go before the
- * bin (profiling); `hubEnv` is added to the hub's environment only. */
-export async function ztm(targets, { tag = 'ztm', nodeArgs = [], iperfPort, root = ROOT, env = MALLOC.env, hubEnv = {} } = {}) {
+ * bin (profiling; ZTM_BENCH_NODE_ARGS adds to them, for experiments with V8
+ * flags, which NODE_OPTIONS refuses); `hubEnv` is added to the hub's
+ * environment only. */
+export async function ztm(targets, { tag = 'ztm', nodeArgs: args = [], iperfPort, root = ROOT, env = MALLOC.env, hubEnv = {} } = {}) {
+  const nodeArgs = [...args, ...(process.env.ZTM_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)];
   const AGENT_BIN = join(root, 'packages/agent/bin/ztm-agent.js');
   const base = join(runDir(), tag);
   mkdirSync(base, { recursive: true });
