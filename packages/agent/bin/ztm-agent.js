@@ -5,11 +5,12 @@
 // path's CPU per GB falls from 7.5 to 4.2 s (docs/performance.md, "Major GCs").
 // It is a limit, not a reservation.
 // --no-memory-reducer: after ≈ 30 s without traffic V8's memory reducer runs
-// GCs that throw the optimized code of the relay away, and the first ≈ 2,000
-// connections after it cost each process twice the CPU (1,043–1,444 conns/s
-// against 2,000–2,200) and their round trips the p99; without it there is no
-// such dip (docs/performance.md, Latest change). It only keeps an idle heap
-// at the size traffic left it.
+// GCs after which the relay's optimized code is compiled again: the first
+// ≈ 2,000 connections after a pause cost an agent up to twice the CPU and
+// the first round trips 1.6–2.6 ms at p99; without it an agent has no such
+// dip (docs/performance.md, Latest change). It keeps an idle agent's heap at
+// the size its traffic left it. (The hub runs without it: there it costs
+// ≈ 3 KiB per idle agent, over the hub's target.)
 // Started as `node ztm-….js` the line above is not read: pass the flags yourself.
 import { main } from '../dist/cli/main.js';
 main(process.argv);
