@@ -29,6 +29,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { baselineRoot } from './lib/baseline.mjs';
+import { flag, opt } from './lib/cli.mjs';
 import { fileSync } from './lib/filesync.mjs';
 import { hubScale } from './lib/hubscale.mjs';
 import { k8sExportImport } from './lib/k8s.mjs';
@@ -37,12 +38,6 @@ import { cleanupAll, loadAverage, runDir, stop } from './lib/procs.mjs';
 import { connRate, iperf, latency, pushMemory } from './lib/workloads.mjs';
 
 // ---- arguments ----
-const argv = process.argv.slice(2);
-const flag = (name) => argv.includes(name);
-const opt = (name, dflt) => {
-  const i = argv.indexOf(name);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
-};
 if (flag('--help') || flag('-h')) {
   console.log(
     readFileSync(new URL(import.meta.url), 'utf8')

@@ -16,14 +16,10 @@ import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { baselineRoot } from './lib/baseline.mjs';
+import { opt } from './lib/cli.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(here, '../..');
-const argv = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = argv.indexOf(name);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
-};
 const log = (m) => process.stderr.write(`${m}\n`);
 const rounds = Number(opt('--rounds', 10));
 const conns = Number(opt('--conns', 3000));

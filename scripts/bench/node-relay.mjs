@@ -34,20 +34,30 @@ const { NGHTTP2_CANCEL } = http2.constants;
 /** ztm's read-ahead and write marks, on every stream and socket of an h2 hop. */
 const tune = (s) => tuneDataStream(s, DATA_HIGH_WATER_MARK_BYTES);
 
-/** Pipe both ways; an error or a reset on one side resets the other. */
-function join(a, b) {
-  a.pipe(b);
-  b.pipe(a);
-  const kill = (s) => (typeof s.close === 'function' && !(s instanceof net.Socket) ? s.close(NGHTTP2_CANCEL) : s.destroy());
-  a.on('error', () => kill(b));
-  b.on('error', () => kill(a));
+/** Reset one side: RST_STREAM for an HTTP/2 stream, destroy for a socket. */
+function reset(s) {
+  if (s.destroyed) return;
+  if (s instanceof net.Socket) s.destroy();
+  else s.close(NGHTTP2_CANCEL);
+}
+
+/** An error or a reset on one side resets the other. */
+function tie(a, b) {
   for (const [x, y] of [
     [a, b],
     [b, a],
   ]) {
+    x.on('error', () => reset(y));
     // An HTTP/2 stream reset by its peer closes without an error.
-    if (!(x instanceof net.Socket)) x.on('close', () => x.rstCode && kill(y));
+    if (!(x instanceof net.Socket)) x.on('close', () => x.rstCode && reset(y));
   }
+}
+
+/** Pipe both ways, tied. */
+function join(a, b) {
+  a.pipe(b);
+  b.pipe(a);
+  tie(a, b);
 }
 
 /** The session of an `h2Out` hop to the next one, reopened when it goes. */
@@ -102,6 +112,24 @@ function openFar(service, session, onReady, onFail) {
   return far;
 }
 
+/** An `h2Out` hop: `near`'s first bytes go with the request to the next hop
+ * at once, and what comes back once that hop has answered 200 (`answered`
+ * runs first: a server stream responds); a refusal resets `near`. */
+function forwardEarly(service, session, near, answered) {
+  const far = openFar(
+    service,
+    session,
+    () => {
+      answered();
+      far.pipe(near);
+    },
+    () => reset(near),
+  );
+  if (!far) return;
+  near.pipe(far);
+  tie(near, far);
+}
+
 for (const s of cfg.services) {
   const session = s.h2Out ? nextHop(s.connect) : undefined;
   if (s.h2In) {
@@ -109,24 +137,7 @@ for (const s of cfg.services) {
     server.on('stream', (stream) => {
       stream.on('error', () => {});
       tune(stream);
-      if (s.h2Out) {
-        // Pass the request's first bytes on before the far side answers.
-        const far = openFar(
-          s,
-          session,
-          () => {
-            stream.respond({ ':status': 200 });
-            far.pipe(stream);
-          },
-          () => !stream.destroyed && stream.close(NGHTTP2_CANCEL),
-        );
-        if (!far) return;
-        stream.pipe(far);
-        const kill = () => !far.destroyed && far.close(NGHTTP2_CANCEL);
-        stream.on('close', () => stream.rstCode && kill());
-        far.on('close', () => far.rstCode && !stream.destroyed && stream.close(NGHTTP2_CANCEL));
-        return;
-      }
+      if (s.h2Out) return forwardEarly(s, session, stream, () => stream.respond({ ':status': 200 }));
       openFar(
         s,
         session,
@@ -145,19 +156,8 @@ for (const s of cfg.services) {
   const handler = (sock) => {
     sock.setNoDelay(true);
     if (s.h2Out) {
-      sock.on('error', () => {});
       tune(sock);
-      const far = openFar(
-        s,
-        session,
-        () => far.pipe(sock),
-        () => sock.destroy(),
-      );
-      if (!far) return;
-      sock.pipe(far);
-      sock.on('error', () => !far.destroyed && far.close(NGHTTP2_CANCEL));
-      far.on('close', () => far.rstCode && sock.destroy());
-      return;
+      return forwardEarly(s, session, sock, () => {});
     }
     const opts = { host: '127.0.0.1', port: s.connect, allowHalfOpen: true, noDelay: true };
     const outbound = s.tlsOut ? tls.connect({ ...opts, ca: cert }) : net.connect(opts);

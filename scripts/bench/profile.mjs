@@ -15,20 +15,16 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatAlloc, summariseAlloc } from './lib/allocprofile.mjs';
+import { flag, opt } from './lib/cli.mjs';
 import { format, summarise } from './lib/cpuprofile.mjs';
 import { MALLOC, frp, startTargets, ztm } from './lib/paths.mjs';
 import { cleanupAll, runDir, sleep, stop } from './lib/procs.mjs';
 import { connRate, iperf, latency } from './lib/workloads.mjs';
 
-const argv = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = argv.indexOf(name);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
-};
 const workload = opt('--workload', 'iperf');
 const seconds = Number(opt('--seconds', 8));
 const outFile = opt('--out');
-const alloc = argv.includes('--alloc');
+const alloc = flag('--alloc');
 const peer = opt('--peer');
 const rr = process.env.ZTM_BENCH_RR;
 const log = (m) => process.stderr.write(`${m}\n`);
@@ -38,7 +34,7 @@ const bail = async (code, why) => {
   if (done) return;
   done = true;
   if (why) log(why);
-  await cleanupAll({ keep: argv.includes('--keep') });
+  await cleanupAll({ keep: flag('--keep') });
   process.exit(code);
 };
 process.on('SIGINT', () => void bail(130, 'interrupted'));
